@@ -41,20 +41,23 @@ fn link_libtorch() {
 
 fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let protos: Vec<PathBuf> = ["bert/v1/encoder.proto"]
-        .iter()
-        .map(|p| Path::new("proto").join(p))
-        .filter(|p| p.exists())
-        .collect();
-    if protos.is_empty() {
-        return Ok(());
-    }
-    // A vendored protoc: nothing to install on a fresh machine.
+    let protos: Vec<PathBuf> = [
+        "proto/bert/v1/common.proto",
+        "proto/bert/v1/encoder.proto",
+        "proto/bert/v1/classifier.proto",
+        "proto/bert/v1/tokenizer.proto",
+        "proto/bert/v1/model.proto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    // A vendored protoc and its well-known types: nothing to install on a fresh machine.
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    let well_known = protoc_bin_vendored::include_path()?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("bert_v1_descriptor.bin"))
-        .compile_protos(&protos, &[PathBuf::from("proto")])?;
+        .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;
     Ok(())
 }

@@ -17,6 +17,10 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves the model over gRPC (Encoder, Classifier, Tokenizer, Model, health, reflection).
+    Serve(cli::ServeArgs),
+    /// Prints the effective configuration (defaults < file < BERTD_* environment < flags), secrets redacted.
+    Config(cli::ServeArgs),
     /// Embeds one text per stdin line (or JSON lines with --jsonl); one JSON line out per input.
     Encode(cli::EncodeArgs),
     /// Classifies one text per stdin line (or JSON lines with --jsonl); one JSON line out per input.
@@ -26,6 +30,8 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
+        Command::Serve(a) => cli::serve(a),
+        Command::Config(a) => cli::print_config(a),
         Command::Encode(a) => cli::encode(a),
         Command::Classify(a) => cli::classify(a),
     };

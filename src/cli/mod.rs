@@ -1,4 +1,8 @@
 //! `bertd encode` and `bertd classify`: the engine on stdin and stdout, one JSON line per input.
+mod serve;
+
+pub use serve::{ServeArgs, print_config, serve};
+
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //! batch, the encoder runs once (up to the deepest layer any input needs), and each input's
 //! result is cut back out. A worker thread owns one `Engine` (tch tensors are not Sync).
 pub mod device;
+pub mod pool;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -66,7 +67,7 @@ pub enum Output {
     Scores(Vec<LabelScore>),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
     #[error("input {index}: {reason}")]
     InvalidInput { index: usize, reason: String },

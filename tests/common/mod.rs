@@ -1,5 +1,5 @@
 //! Shared by the integration tests: fixture paths, references, loading an engine.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -85,5 +85,61 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), target).unwrap();
         }
+    }
+}
+
+pub mod grpc {
+    //! Starting the real server in-process on an ephemeral loopback port, and clients for it.
+    use std::path::Path;
+
+    use bertd::api::proto::bert::v1 as pb;
+    use bertd::api::{ServerHandle, start};
+    use bertd::config::Settings;
+    use tonic::transport::Channel;
+
+    pub use pb::classifier_client::ClassifierClient;
+    pub use pb::encoder_client::EncoderClient;
+    pub use pb::model_client::ModelClient;
+    pub use pb::tokenizer_client::TokenizerClient;
+
+    pub fn settings(model: &Path) -> Settings {
+        let mut s = Settings::default();
+        s.server.addr = "127.0.0.1:0".into();
+        s.model.dir = model.to_path_buf();
+        s.engine.cpu_threads = 1;
+        s.server.shutdown_timeout_ms = 2_000;
+        s
+    }
+
+    /// A server on `settings`, ready (SERVING).
+    pub async fn serve(settings: Settings) -> ServerHandle {
+        let mut server = start(settings).await.expect("server starts");
+        server.ready().await.expect("workers start");
+        server
+    }
+
+    pub async fn channel(server: &ServerHandle) -> Channel {
+        Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    pub fn input(text: &str) -> pb::TextInput {
+        pb::TextInput {
+            text: text.into(),
+            text_pair: None,
+        }
+    }
+
+    pub async fn stats(channel: &Channel) -> pb::Stats {
+        ModelClient::new(channel.clone())
+            .get_info(pb::GetInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap()
     }
 }

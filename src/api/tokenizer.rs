@@ -1,0 +1,65 @@
+//! bert.v1.Tokenizer: what the model will see of a text.
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::AppState;
+use super::error::ApiError;
+use super::proto::bert::v1 as pb;
+use super::proto::bert::v1::tokenizer_server::Tokenizer;
+use super::request::check_inputs;
+use crate::tokenize::TextInput;
+
+pub struct TokenizerService {
+    pub state: Arc<AppState>,
+}
+
+#[tonic::async_trait]
+impl Tokenizer for TokenizerService {
+    async fn tokenize(
+        &self,
+        request: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let request = request.into_inner();
+        check_inputs(&self.state, &request.inputs)?;
+        let truncate = request.truncate.unwrap_or(true);
+        let tokenizer = self.state.tokenizer.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            request
+                .inputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    let input = TextInput {
+                        text: input.text,
+                        text_pair: input.text_pair,
+                    };
+                    let (tokenized, tokens) = tokenizer
+                        .encode_detailed(&input, truncate)
+                        .map_err(|e| ApiError::tokenize(i, e))?;
+                    Ok(pb::TokenizedInput {
+                        tokens: tokens
+                            .into_iter()
+                            .map(|t| pb::Token {
+                                id: t.id,
+                                text: t.token,
+                                start: t.start as u32,
+                                end: t.end as u32,
+                                special: t.special,
+                                type_id: t.type_id,
+                            })
+                            .collect(),
+                        usage: Some(pb::Usage {
+                            tokens: tokenized.len() as u32,
+                            truncated: tokenized.truncated(),
+                        }),
+                        original_tokens: tokenized.original_length as u32,
+                    })
+                })
+                .collect::<Result<Vec<_>, ApiError>>()
+        })
+        .await
+        .map_err(|_| Status::from(ApiError::unavailable()))??;
+        Ok(Response::new(pb::TokenizeResponse { results }))
+    }
+}

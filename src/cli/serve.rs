@@ -1,0 +1,149 @@
+//! `bertd serve` and `bertd config`.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use bertd::api;
+use bertd::config::{Overrides, Settings};
+
+/// Flags override the config file and the environment; every other setting is in the file
+/// (see config/bertd.example.toml) or `BERTD_SECTION__KEY`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// A TOML or YAML config file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HOST:PORT to listen on (server.addr).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Model directory (model.dir); defaults to the installed all-MiniLM-L6-v2.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Devices, comma-separated: cpu, cuda, cuda:N (engine.devices).
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<String>>,
+    /// Workers (model replicas) per device (engine.workers_per_device).
+    #[arg(long)]
+    workers_per_device: Option<usize>,
+    /// fp32, fp16 or bf16 (engine.dtype).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// libtorch CPU threads, split between CPU workers; 0: all cores (engine.cpu_threads).
+    #[arg(long)]
+    cpu_threads: Option<usize>,
+    /// Padded tokens per forward pass (batching.max_batch_tokens).
+    #[arg(long)]
+    max_batch_tokens: Option<usize>,
+    /// Inputs per forward pass (batching.max_batch_size).
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+    /// Milliseconds a batch may wait for more inputs (batching.max_batch_delay_ms).
+    #[arg(long)]
+    max_batch_delay_ms: Option<u64>,
+    /// Log filter, e.g. info or bertd=debug (log.level).
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+impl ServeArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut overrides: Overrides = Vec::new();
+        let mut set = |key: &'static str, value: Option<config::Value>| {
+            if let Some(v) = value {
+                overrides.push((key, v));
+            }
+        };
+        set("server.addr", self.addr.clone().map(Into::into));
+        set(
+            "model.dir",
+            self.model
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned().into()),
+        );
+        set("engine.devices", self.devices.clone().map(Into::into));
+        set(
+            "engine.workers_per_device",
+            self.workers_per_device.map(|v| (v as u64).into()),
+        );
+        set("engine.dtype", self.dtype.clone().map(Into::into));
+        set(
+            "engine.cpu_threads",
+            self.cpu_threads.map(|v| (v as u64).into()),
+        );
+        set(
+            "batching.max_batch_tokens",
+            self.max_batch_tokens.map(|v| (v as u64).into()),
+        );
+        set(
+            "batching.max_batch_size",
+            self.max_batch_size.map(|v| (v as u64).into()),
+        );
+        set(
+            "batching.max_batch_delay_ms",
+            self.max_batch_delay_ms.map(Into::into),
+        );
+        set("log.level", self.log_level.clone().map(Into::into));
+        Ok(Settings::load(self.config.as_deref(), &overrides)?)
+    }
+}
+
+pub fn print_config(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    print!("{}", args.settings()?.to_redacted_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&settings.log.level)
+        .with_context(|| format!("log.level {:?}", settings.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    init_logging(&settings)?;
+    tracing::info!(
+        model = %settings.model.dir.display(),
+        devices = ?settings.engine.devices,
+        dtype = %settings.engine.dtype,
+        "starting"
+    );
+    tracing::debug!(config = %settings.to_redacted_toml(), "effective configuration");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut server = api::start(settings).await?;
+        tracing::info!(addr = %server.addr, "listening; loading and warming up workers");
+        let signalled = tokio::select! {
+            ready = server.ready() => { ready?; false }
+            _ = termination() => true,
+        };
+        if !signalled {
+            termination().await;
+        }
+        server.shutdown();
+        server.wait().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,314 @@
+//! The server's life: configuration layers and refusals, health from start to graceful stop,
+//! SIGTERM on the real binary.
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bertd::api::proto::bert::v1 as pb;
+use bertd::config::{Settings, default_model_dir};
+use common::grpc::*;
+use common::*;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+async fn health(channel: &Channel, service: &str) -> ServingStatus {
+    let response = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(response.status).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_serving_only_after_the_workers_have_warmed_up() {
+    // The real model: loading and warming it up takes long enough to look at the server before.
+    let mut server = bertd::api::start(settings(&default_model_dir()))
+        .await
+        .unwrap();
+    let channel = channel(&server).await;
+    assert_eq!(health(&channel, "").await, ServingStatus::NotServing);
+    assert_eq!(
+        health(&channel, "bert.v1.Encoder").await,
+        ServingStatus::NotServing
+    );
+    server.ready().await.unwrap();
+    assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+    assert_eq!(
+        health(&channel, "bert.v1.Encoder").await,
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        health(&channel, "bert.v1.Tokenizer").await,
+        ServingStatus::Serving
+    );
+    // all-MiniLM-L6-v2 has no classification head.
+    assert_eq!(
+        health(&channel, "bert.v1.Classifier").await,
+        ServingStatus::NotServing
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_health_not_serving_refuses_new_calls_and_drains_in_flight_ones() {
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.batching.max_batch_delay_ms = 800; // keeps the call in flight while we shut down
+    s.batching.max_batch_size = 1_000;
+    s.server.shutdown_timeout_ms = 3_000;
+    let mut server = serve(s).await;
+    let channel = channel(&server).await;
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    let in_flight = tokio::spawn({
+        let channel = channel.clone();
+        async move {
+            EncoderClient::new(channel)
+                .encode(pb::EncodeRequest {
+                    id: "in-flight".into(),
+                    inputs: vec![input("drain me")],
+                    options: None,
+                })
+                .await
+        }
+    });
+    while stats(&channel).await.inputs_queued == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let addr = server.addr;
+    server.shutdown();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert_eq!(response.into_inner().results[0].embedding.len(), 32);
+    let fresh = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(fresh) = fresh {
+        let refused = EncoderClient::new(fresh)
+            .encode(pb::EncodeRequest {
+                id: "late".into(),
+                inputs: vec![input("x")],
+                options: None,
+            })
+            .await;
+        assert!(refused.is_err(), "a call after shutdown is refused");
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
+    stopped
+        .expect("stops within the drain timeout")
+        .expect("stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_fails_when_one_maximum_input_cannot_fit_the_batch_budget() {
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.batching.max_batch_tokens = 16; // the model takes 48 tokens
+    let err = bertd::api::start(s)
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.starts_with(
+            "batching.max_batch_tokens: 16 is smaller than the maximum input length (48"
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_fails_when_a_worker_cannot_start_and_never_serves() {
+    if tch::Cuda::device_count() > 0 {
+        return; // this machine has a GPU: cuda:0 would start
+    }
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.engine.devices = vec!["cuda:0".into()];
+    let mut server = bertd::api::start(s).await.unwrap();
+    let err = server.ready().await.expect_err("not ready").to_string();
+    assert!(
+        err.contains("cuda:0") && err.contains("CUDA is not available"),
+        "{err}"
+    );
+}
+
+fn bertd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bertd"));
+    command.env_clear();
+    command
+}
+
+#[test]
+fn configuration_layers_defaults_file_environment_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bertd.toml");
+    std::fs::write(
+        &file,
+        "[batching]\nmax_batch_size = 5\nqueue_capacity = 999\nmax_batch_tokens = 777\n",
+    )
+    .unwrap();
+    let out = bertd()
+        .args([
+            "config",
+            "--config",
+            file.to_str().unwrap(),
+            "--max-batch-tokens",
+            "555",
+        ])
+        .env("BERTD_BATCHING__MAX_BATCH_SIZE", "7")
+        .env("BERTD_BATCHING__MAX_BATCH_TOKENS", "666")
+        .env("BERTD_ENGINE__DEVICES", "cpu,cpu")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Settings = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed.batching.queue_capacity, 999, "file over defaults");
+    assert_eq!(printed.batching.max_batch_size, 7, "environment over file");
+    assert_eq!(
+        printed.batching.max_batch_tokens, 555,
+        "flag over environment"
+    );
+    assert_eq!(printed.engine.devices, ["cpu", "cpu"]);
+    assert_eq!(
+        printed.batching.stream_window,
+        Settings::default().batching.stream_window
+    );
+
+    let yaml = dir.path().join("bertd.yaml");
+    std::fs::write(&yaml, "server:\n  addr: 127.0.0.1:6000\n").unwrap();
+    let out = bertd()
+        .args(["config", "--config", yaml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let printed: Settings = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed.server.addr, "127.0.0.1:6000");
+}
+
+#[test]
+fn the_example_config_file_is_valid_and_holds_the_defaults() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bertd.example.toml");
+    let out = bertd()
+        .args(["config", "--config", example.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Settings = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed, Settings::default());
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[limits]\nmax_input_tokens = 600\n[batching]\nmax_batch_tokens = 512\n",
+            "limits.max_input_tokens: 600 is larger than batching.max_batch_tokens (512)",
+        ),
+        ("[batching]\nmax_batch_sizee = 3\n", "max_batch_sizee"),
+        ("[engine]\ndtype = \"fp8\"\n", "engine.dtype"),
+    ];
+    for (text, expected) in cases {
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, text).unwrap();
+        let out = bertd()
+            .args(["serve", "--config", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr} lacks {expected}");
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = bertd()
+        .args([
+            "serve",
+            "--addr",
+            &addr,
+            "--model",
+            model_dir("bert_tiny").to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                && health(&channel, "").await == ServingStatus::Serving
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server became SERVING"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            assert!(status.success(), "exit status {status}: {stderr}");
+            assert!(stderr.contains("stopped"), "{stderr}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "exits after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::io::stderr().flush();
+}
