@@ -23,9 +23,9 @@ $(SETUP_STAMP): requirements.txt
 build: setup
 	cargo build --release --bin bertd
 
-## The main job: embed stdin's lines with the default model on CPU (the gRPC server comes next).
+## The main job: serve the default model on CPU at $(ADDR) until SIGTERM / Ctrl-C.
 run: build
-	./target/release/bertd encode
+	./target/release/bertd serve --addr $(ADDR)
 
 ## The whole test suite (fmt, clippy, unit and integration tests).
 test: setup
@@ -39,6 +39,7 @@ lint: setup
 
 bench: setup
 	cargo bench --bench engine_throughput
+	cargo bench --bench grpc_throughput
 
 ## Regenerate the tiny test models and reference outputs (needs transformers, installed by setup).
 fixtures: setup

@@ -12,56 +12,8 @@ use bertd::model::{Model, ModelSpec};
 use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
 use tch::{Device, Kind};
 
-const WORDS: &[&str] = &[
-    "the",
-    "model",
-    "reads",
-    "every",
-    "token",
-    "of",
-    "a",
-    "sentence",
-    "and",
-    "writes",
-    "one",
-    "vector",
-    "for",
-    "search",
-    "clustering",
-    "retrieval",
-    "server",
-    "batch",
-    "queue",
-    "worker",
-    "latency",
-    "throughput",
-    "embedding",
-    "classifier",
-    "label",
-    "score",
-    "request",
-    "stream",
-];
-
-/// Deterministic sentences of 4 to 64 words (a linear congruential generator, fixed seed).
-fn corpus(n: usize) -> Vec<String> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    (0..n)
-        .map(|_| {
-            let words = 4 + next() % 61;
-            (0..words)
-                .map(|_| WORDS[next() % WORDS.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
-}
+mod common;
+use common::{arg, corpus};
 
 /// Whole passes over `tokens` until `budget` has passed, so every length counts the same.
 fn measure(
@@ -89,15 +41,8 @@ fn measure(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| -> Option<String> {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let seconds: u64 = value("--seconds").and_then(|v| v.parse().ok()).unwrap_or(5);
-    if let Some(threads) = value("--threads").and_then(|v| v.parse().ok()) {
+    let seconds: u64 = arg("--seconds").unwrap_or(5);
+    if let Some(threads) = arg::<i32>("--threads") {
         tch::set_num_threads(threads);
     }
     let spec =

@@ -360,6 +360,9 @@ async fn a_stream_whose_client_stops_reading_is_held_to_its_window() {
     s.batching.queue_capacity = 16;
     let server = serve(s).await;
     let channel = channel(&server).await;
+    // Counters come over a connection of their own: the stream's unread responses fill its
+    // connection's HTTP/2 window.
+    let observer = common::grpc::channel(&server).await;
     let total = 20_000;
     // Large requests and large responses (token embeddings), so that HTTP/2's buffers fill up.
     let text = "a long text that the client sends again and again ".repeat(6);
@@ -388,7 +391,7 @@ async fn a_stream_whose_client_stops_reading_is_held_to_its_window() {
     let mut last = 0;
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = stats(&channel).await.inputs_computed;
+        let now = stats(&observer).await.inputs_computed;
         if now == last {
             break;
         }
@@ -685,4 +688,31 @@ async fn get_info_describes_model_device_and_limits() {
     let limits = info.limits.unwrap();
     assert_eq!(limits.max_inputs_per_request, 256);
     assert_eq!(limits.max_batch_tokens, 16_384);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_past_its_grpc_deadline_is_not_computed() {
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.batching.max_batch_delay_ms = 1_000; // the input would wait longer than its deadline
+    s.batching.max_batch_size = 1_000;
+    let server = serve(s).await;
+    let channel = channel(&server).await;
+    let mut request = tonic::Request::new(encode_request(
+        "late",
+        vec![input("too slow")],
+        pb::Pooling::Mean,
+    ));
+    request.set_timeout(Duration::from_millis(200));
+    let status = EncoderClient::new(channel.clone())
+        .encode(request)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let now = stats(&channel).await;
+    assert_eq!(now.inputs_computed, 0, "{now:?}");
+    assert_eq!(now.inputs_cancelled + now.inputs_expired, 1, "{now:?}");
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -196,12 +196,11 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServeError> {
         .add_service(ModelServer::new(info::ModelService {
             state: state.clone(),
         }));
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
-        async {
-            let _ = accepting_stopped.await;
-        },
-    ));
+    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = accepting_stopped.await;
+    }));
 
     let (stop, stop_requested) = oneshot::channel::<()>();
     let (ready_tx, ready) = watch::channel(false);

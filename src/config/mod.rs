@@ -90,7 +90,8 @@ pub struct BatchSettings {
     pub max_batch_tokens: usize,
     /// Inputs in one forward pass.
     pub max_batch_size: usize,
-    /// How long the oldest queued input may wait for company before its batch runs.
+    /// How long the oldest queued input may wait for company before its batch runs. 0: a free
+    /// worker takes what is queued at once (inputs arriving meanwhile batch up behind it).
     pub max_batch_delay_ms: u64,
     /// Inputs that unary calls may have queued; past it they get RESOURCE_EXHAUSTED at once.
     pub queue_capacity: usize,
@@ -105,7 +106,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_batch_tokens: 16_384,
             max_batch_size: 64,
-            max_batch_delay_ms: 2,
+            max_batch_delay_ms: 0,
             queue_capacity: 2_048,
             stream_queue_capacity: 4_096,
             stream_window: 512,

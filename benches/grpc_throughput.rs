@@ -1,0 +1,193 @@
+//! End to end through gRPC on the default model (all-MiniLM-L6-v2, CPU), against the engine's own
+//! forward throughput on the same inputs: how close the scheduler keeps the workers to their
+//! limit. Also the latency of one short text on an idle server. Run with `make bench`.
+//!
+//! The server runs in this process on 127.0.0.1 with its default settings (the client shares the
+//! machine's cores with it, as a co-located client would).
+//! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200).
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bertd::api::proto::bert::v1 as pb;
+use bertd::api::proto::bert::v1::encoder_client::EncoderClient;
+use bertd::config::Settings;
+use bertd::engine::{EmbedOptions, Engine, EngineInput, Task};
+use bertd::model::{Model, ModelSpec};
+use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
+use tch::{Device, Kind};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+mod common;
+use common::{arg, corpus};
+
+/// The engine alone: sentences/s on batches of `batch` inputs sorted by length, as the scheduler
+/// would form them, and the p50 and p99 of one forward pass of the short latency text.
+fn engine_rate(texts: &[String], batch: usize, calls: usize) -> (f64, Duration, Duration) {
+    let spec = Arc::new(ModelSpec::load(&bertd::config::default_model_dir()).unwrap());
+    let tokenizer = BertTokenizer::load(&spec).unwrap();
+    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float).unwrap());
+    let task = Task::Embed(EmbedOptions {
+        pooling: spec.default_pooling,
+        normalize: spec.default_normalize,
+        layer: spec.num_layers(),
+        dimensions: None,
+    });
+    let mut tokens: Vec<Tokenized> = texts
+        .iter()
+        .map(|t| {
+            tokenizer
+                .encode(&TextInput::single(t.as_str()), true)
+                .unwrap()
+        })
+        .collect();
+    tokens.sort_by_key(Tokenized::len);
+    let run = |tokens: &[Tokenized]| {
+        for chunk in tokens.chunks(batch) {
+            let inputs: Vec<EngineInput> = chunk
+                .iter()
+                .map(|t| EngineInput {
+                    tokens: t,
+                    task: &task,
+                })
+                .collect();
+            engine.run(&inputs).unwrap();
+        }
+    };
+    run(&tokens[..batch.min(tokens.len())]); // warm-up
+    let start = Instant::now();
+    run(&tokens);
+    let rate = texts.len() as f64 / start.elapsed().as_secs_f64();
+    let short = tokenizer
+        .encode(&TextInput::single(LATENCY_TEXT), true)
+        .unwrap();
+    let mut times: Vec<Duration> = (0..calls)
+        .map(|_| {
+            let start = Instant::now();
+            run(std::slice::from_ref(&short));
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    (rate, times[calls / 2], times[calls * 99 / 100])
+}
+
+const LATENCY_TEXT: &str = "A man is eating food.";
+
+async fn stream_rate(channel: Channel, texts: &[String], per_request: usize) -> f64 {
+    let requests: Vec<pb::EncodeRequest> = texts
+        .chunks(per_request)
+        .enumerate()
+        .map(|(i, chunk)| pb::EncodeRequest {
+            id: i.to_string(),
+            inputs: chunk
+                .iter()
+                .map(|t| pb::TextInput {
+                    text: t.clone(),
+                    text_pair: None,
+                })
+                .collect(),
+            options: None,
+        })
+        .collect();
+    let start = Instant::now();
+    let mut responses = EncoderClient::new(channel)
+        .encode_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = 0;
+    while let Some(response) = responses.next().await {
+        results += response.unwrap().results.len();
+    }
+    assert_eq!(results, texts.len());
+    texts.len() as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn latency(channel: Channel, calls: usize) -> (Duration, Duration) {
+    let mut client = EncoderClient::new(channel);
+    let request = || pb::EncodeRequest {
+        id: "latency".into(),
+        inputs: vec![pb::TextInput {
+            text: "A man is eating food.".into(),
+            text_pair: None,
+        }],
+        options: None,
+    };
+    for _ in 0..10 {
+        client.encode(request()).await.unwrap();
+    }
+    let mut times: Vec<Duration> = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        client.encode(request()).await.unwrap();
+        times.push(start.elapsed());
+    }
+    times.sort();
+    (times[calls / 2], times[calls * 99 / 100])
+}
+
+async fn start_server(delay_ms: u64) -> (bertd::api::ServerHandle, Channel) {
+    let mut settings = Settings::default();
+    settings.server.addr = "127.0.0.1:0".into();
+    settings.batching.max_batch_delay_ms = delay_ms;
+    let mut server = bertd::api::start(settings).await.unwrap();
+    server.ready().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (server, channel)
+}
+
+fn main() {
+    let n: usize = arg("--inputs").unwrap_or(2048);
+    let calls: usize = arg("--latency-calls").unwrap_or(200);
+    let texts = corpus(n);
+    let batch = Settings::default().batching.max_batch_size;
+    println!("{n} sentences (arrival order for gRPC; sorted batches of {batch} for the engine)");
+    let (engine, engine_p50, engine_p99) = engine_rate(&texts, batch, calls);
+    println!("| path | sentences/s | of engine |");
+    println!("|---|---|---|");
+    println!("| engine forward, sorted batches of {batch} | {engine:.0} | 100% |");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (mut server, channel) =
+            start_server(Settings::default().batching.max_batch_delay_ms).await;
+        for per_request in [1, 16] {
+            let rate = stream_rate(channel.clone(), &texts, per_request).await;
+            println!(
+                "| EncodeStream, {per_request} input(s) per message | {rate:.0} | {:.0}% |",
+                100.0 * rate / engine
+            );
+        }
+        let (p50, p99) = latency(channel.clone(), calls).await;
+        println!();
+        println!("| idle server, one short text, unary Encode | p50 | p99 |");
+        println!("|---|---|---|");
+        println!(
+            "| engine forward alone (no gRPC, no queue) | {:.2} ms | {:.2} ms |",
+            engine_p50.as_secs_f64() * 1e3,
+            engine_p99.as_secs_f64() * 1e3
+        );
+        println!(
+            "| max_batch_delay_ms = 0 (default) | {:.2} ms | {:.2} ms |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+        server.shutdown();
+        server.wait().await.unwrap();
+
+        let (mut server, channel) = start_server(2).await;
+        let (p50, p99) = latency(channel, calls).await;
+        println!(
+            "| max_batch_delay_ms = 2 | {:.2} ms | {:.2} ms |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+        server.shutdown();
+        server.wait().await.unwrap();
+    });
+}
