@@ -8,8 +8,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::proto::bert::v1 as pb;
 use super::proto::bert::v1::classifier_server::Classifier;
-use super::request::{check_inputs, compute, deadline_of};
-use super::stream::{ResponseStream, ordered};
+use super::proto::google::rpc;
+use super::request::{Call, check_inputs, compute, streamed, unary};
+use super::stream::ResponseStream;
 use crate::batch::Priority;
 use crate::engine::{ClassifyOptions, Output, Task};
 use crate::model::{ModelSpec, ScoreActivation};
@@ -81,21 +82,45 @@ async fn classify(
     })
 }
 
+struct ClassifyCall;
+
+impl Call for ClassifyCall {
+    type Request = pb::ClassifyRequest;
+    type Response = pb::ClassifyResponse;
+
+    fn id(request: &pb::ClassifyRequest) -> String {
+        request.id.clone()
+    }
+
+    fn inputs(request: &pb::ClassifyRequest) -> usize {
+        request.inputs.len()
+    }
+
+    fn failed(id: String, error: rpc::Status) -> pb::ClassifyResponse {
+        pb::ClassifyResponse {
+            id,
+            results: Vec::new(),
+            error: Some(error),
+        }
+    }
+
+    async fn run(
+        state: Arc<AppState>,
+        request: pb::ClassifyRequest,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<pb::ClassifyResponse, ApiError> {
+        classify(state, request, priority, deadline).await
+    }
+}
+
 #[tonic::async_trait]
 impl Classifier for ClassifierService {
     async fn classify(
         &self,
         request: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let response = classify(
-            self.state.clone(),
-            request.into_inner(),
-            Priority::Interactive,
-            deadline,
-        )
-        .await?;
-        Ok(Response::new(response))
+        unary::<ClassifyCall>(&self.state, request).await
     }
 
     type ClassifyStreamStream = ResponseStream<pb::ClassifyResponse>;
@@ -104,27 +129,6 @@ impl Classifier for ClassifierService {
         &self,
         request: Request<Streaming<pb::ClassifyRequest>>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
-        let deadline = deadline_of(&request);
-        let state = self.state.clone();
-        let window = state.settings.batching.stream_window;
-        let responses = ordered(
-            request.into_inner(),
-            window,
-            |r: &pb::ClassifyRequest| r.inputs.len(),
-            move |r| {
-                let state = state.clone();
-                async move {
-                    let id = r.id.clone();
-                    classify(state, r, Priority::Bulk, deadline)
-                        .await
-                        .unwrap_or_else(|e| pb::ClassifyResponse {
-                            id,
-                            results: Vec::new(),
-                            error: Some(e.to_rpc_status()),
-                        })
-                }
-            },
-        );
-        Ok(Response::new(responses))
+        Ok(streamed::<ClassifyCall>(&self.state, request))
     }
 }

@@ -8,8 +8,9 @@ use super::AppState;
 use super::error::ApiError;
 use super::proto::bert::v1 as pb;
 use super::proto::bert::v1::encoder_server::Encoder;
-use super::request::{check_inputs, compute, deadline_of};
-use super::stream::{ResponseStream, ordered};
+use super::proto::google::rpc;
+use super::request::{Call, check_inputs, compute, streamed, unary};
+use super::stream::ResponseStream;
 use crate::batch::Priority;
 use crate::engine::{EmbedOptions, Output, Task};
 use crate::model::{ModelSpec, Pooling};
@@ -100,21 +101,45 @@ async fn encode(
     })
 }
 
+struct EncodeCall;
+
+impl Call for EncodeCall {
+    type Request = pb::EncodeRequest;
+    type Response = pb::EncodeResponse;
+
+    fn id(request: &pb::EncodeRequest) -> String {
+        request.id.clone()
+    }
+
+    fn inputs(request: &pb::EncodeRequest) -> usize {
+        request.inputs.len()
+    }
+
+    fn failed(id: String, error: rpc::Status) -> pb::EncodeResponse {
+        pb::EncodeResponse {
+            id,
+            results: Vec::new(),
+            error: Some(error),
+        }
+    }
+
+    async fn run(
+        state: Arc<AppState>,
+        request: pb::EncodeRequest,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<pb::EncodeResponse, ApiError> {
+        encode(state, request, priority, deadline).await
+    }
+}
+
 #[tonic::async_trait]
 impl Encoder for EncoderService {
     async fn encode(
         &self,
         request: Request<pb::EncodeRequest>,
     ) -> Result<Response<pb::EncodeResponse>, Status> {
-        let deadline = deadline_of(&request);
-        let response = encode(
-            self.state.clone(),
-            request.into_inner(),
-            Priority::Interactive,
-            deadline,
-        )
-        .await?;
-        Ok(Response::new(response))
+        unary::<EncodeCall>(&self.state, request).await
     }
 
     type EncodeStreamStream = ResponseStream<pb::EncodeResponse>;
@@ -123,27 +148,6 @@ impl Encoder for EncoderService {
         &self,
         request: Request<Streaming<pb::EncodeRequest>>,
     ) -> Result<Response<Self::EncodeStreamStream>, Status> {
-        let deadline = deadline_of(&request);
-        let state = self.state.clone();
-        let window = state.settings.batching.stream_window;
-        let responses = ordered(
-            request.into_inner(),
-            window,
-            |r: &pb::EncodeRequest| r.inputs.len(),
-            move |r| {
-                let state = state.clone();
-                async move {
-                    let id = r.id.clone();
-                    encode(state, r, Priority::Bulk, deadline)
-                        .await
-                        .unwrap_or_else(|e| pb::EncodeResponse {
-                            id,
-                            results: Vec::new(),
-                            error: Some(e.to_rpc_status()),
-                        })
-                }
-            },
-        );
-        Ok(Response::new(responses))
+        Ok(streamed::<EncodeCall>(&self.state, request))
     }
 }

@@ -4,12 +4,80 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use std::future::Future;
+
+use tonic::{Request, Response, Status, Streaming};
+
 use super::AppState;
 use super::error::ApiError;
 use super::proto::bert::v1 as pb;
+use super::proto::google::rpc;
+use super::stream::{ResponseStream, ordered};
 use crate::batch::{NewJob, Priority};
 use crate::engine::{Output, Task};
 use crate::tokenize::{TextInput, Tokenized};
+
+/// A call that computes its inputs on the model: Encode or Classify. Its unary and streaming
+/// forms differ only in priority and in how a failure is returned.
+pub trait Call: Send + Sync + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    fn id(request: &Self::Request) -> String;
+    fn inputs(request: &Self::Request) -> usize;
+    /// A stream's response for a request that failed.
+    fn failed(id: String, error: rpc::Status) -> Self::Response;
+    fn run(
+        state: Arc<AppState>,
+        request: Self::Request,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<Self::Response, ApiError>> + Send;
+}
+
+/// A unary call: served ahead of streams, refused at once when the queue is full.
+pub async fn unary<C: Call>(
+    state: &Arc<AppState>,
+    request: Request<C::Request>,
+) -> Result<Response<C::Response>, Status> {
+    let deadline = deadline_of(&request);
+    let response = C::run(
+        state.clone(),
+        request.into_inner(),
+        Priority::Interactive,
+        deadline,
+    )
+    .await?;
+    Ok(Response::new(response))
+}
+
+/// A stream of calls: responses in request order, a failed request answered in its own response.
+pub fn streamed<C: Call>(
+    state: &Arc<AppState>,
+    request: Request<Streaming<C::Request>>,
+) -> Response<ResponseStream<C::Response>> {
+    let deadline = deadline_of(&request);
+    let window = state.settings.batching.stream_window;
+    let state = state.clone();
+    Response::new(ordered(request.into_inner(), window, C::inputs, move |r| {
+        let state = state.clone();
+        async move {
+            let id = C::id(&r);
+            C::run(state, r, Priority::Bulk, deadline)
+                .await
+                .unwrap_or_else(|e| C::failed(id, e.to_rpc_status()))
+        }
+    }))
+}
+
+impl From<pb::TextInput> for TextInput {
+    fn from(input: pb::TextInput) -> Self {
+        TextInput {
+            text: input.text,
+            text_pair: input.text_pair,
+        }
+    }
+}
 
 /// Checks the number and size of inputs against the configured limits.
 pub fn check_inputs(state: &AppState, inputs: &[pb::TextInput]) -> Result<(), ApiError> {
@@ -77,12 +145,8 @@ pub async fn compute(
             .into_iter()
             .enumerate()
             .map(|(i, input)| {
-                let input = TextInput {
-                    text: input.text,
-                    text_pair: input.text_pair,
-                };
                 tokenizer
-                    .encode(&input, truncate)
+                    .encode(&input.into(), truncate)
                     .map_err(|e| ApiError::tokenize(i, e))
             })
             .collect::<Result<Vec<_>, _>>()

@@ -8,7 +8,6 @@ use super::error::ApiError;
 use super::proto::bert::v1 as pb;
 use super::proto::bert::v1::tokenizer_server::Tokenizer;
 use super::request::check_inputs;
-use crate::tokenize::TextInput;
 
 pub struct TokenizerService {
     pub state: Arc<AppState>,
@@ -30,12 +29,8 @@ impl Tokenizer for TokenizerService {
                 .into_iter()
                 .enumerate()
                 .map(|(i, input)| {
-                    let input = TextInput {
-                        text: input.text,
-                        text_pair: input.text_pair,
-                    };
                     let (tokenized, tokens) = tokenizer
-                        .encode_detailed(&input, truncate)
+                        .encode_detailed(&input.into(), truncate)
                         .map_err(|e| ApiError::tokenize(i, e))?;
                     Ok(pb::TokenizedInput {
                         tokens: tokens

@@ -45,6 +45,15 @@ pub struct Tokenized {
 }
 
 impl Tokenized {
+    fn of(encoding: &Encoding, original_length: usize) -> Self {
+        let widen = |v: &[u32]| v.iter().map(|&i| i64::from(i)).collect();
+        Tokenized {
+            ids: widen(encoding.get_ids()),
+            type_ids: widen(encoding.get_type_ids()),
+            original_length,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }
@@ -135,15 +144,7 @@ impl BertTokenizer {
 
     pub fn encode(&self, input: &TextInput, truncate: bool) -> Result<Tokenized, TokenizeError> {
         let (encoding, original_length) = self.encode_raw(input, truncate)?;
-        Ok(Tokenized {
-            ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
-            type_ids: encoding
-                .get_type_ids()
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect(),
-            original_length,
-        })
+        Ok(Tokenized::of(&encoding, original_length))
     }
 
     /// Tokens with their text, offsets and flags, for showing what the model will see.
@@ -163,16 +164,7 @@ impl BertTokenizer {
                 type_id: encoding.get_type_ids()[i],
             })
             .collect();
-        let tokenized = Tokenized {
-            ids: encoding.get_ids().iter().map(|&i| i64::from(i)).collect(),
-            type_ids: encoding
-                .get_type_ids()
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect(),
-            original_length,
-        };
-        Ok((tokenized, tokens))
+        Ok((Tokenized::of(&encoding, original_length), tokens))
     }
 
     /// Encodes without special tokens, measures, truncates (longest first, as HuggingFace does for
