@@ -3,17 +3,13 @@
 //! comparison, on batches in arrival order. Run with `make bench`; numbers go to BENCHMARKS.md.
 //!
 //! Options: `--seconds N`: at least this long per measurement, in whole passes (default 5), `--threads N` (default: libtorch's).
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bertd::config::default_model_dir;
-use bertd::engine::{EmbedOptions, Engine, EngineInput, Task};
-use bertd::model::{Model, ModelSpec};
-use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
-use tch::{Device, Kind};
+use bertd::engine::{Engine, EngineInput, Task};
+use bertd::tokenize::{TextInput, Tokenized};
 
 mod common;
-use common::{arg, corpus};
+use common::{arg, corpus, default_engine};
 
 /// Whole passes over `tokens` until `budget` has passed, so every length counts the same.
 fn measure(
@@ -45,16 +41,7 @@ fn main() {
     if let Some(threads) = arg::<i32>("--threads") {
         tch::set_num_threads(threads);
     }
-    let spec =
-        Arc::new(ModelSpec::load(&default_model_dir()).expect("the default model (make setup)"));
-    let tokenizer = BertTokenizer::load(&spec).unwrap();
-    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float).unwrap());
-    let task = Task::Embed(EmbedOptions {
-        pooling: spec.default_pooling,
-        normalize: spec.default_normalize,
-        layer: spec.num_layers(),
-        dimensions: None,
-    });
+    let (spec, tokenizer, engine, task) = default_engine();
     let arrival: Vec<Tokenized> = corpus(1024)
         .iter()
         .map(|s| {

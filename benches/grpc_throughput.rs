@@ -5,34 +5,23 @@
 //! The server runs in this process on 127.0.0.1 with its default settings (the client shares the
 //! machine's cores with it, as a co-located client would).
 //! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200).
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bertd::api::proto::bert::v1 as pb;
 use bertd::api::proto::bert::v1::encoder_client::EncoderClient;
 use bertd::config::Settings;
-use bertd::engine::{EmbedOptions, Engine, EngineInput, Task};
-use bertd::model::{Model, ModelSpec};
-use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
-use tch::{Device, Kind};
+use bertd::engine::EngineInput;
+use bertd::tokenize::{TextInput, Tokenized};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 mod common;
-use common::{arg, corpus};
+use common::{arg, corpus, default_engine};
 
 /// The engine alone: sentences/s on batches of `batch` inputs sorted by length, as the scheduler
 /// would form them, and the p50 and p99 of one forward pass of the short latency text.
 fn engine_rate(texts: &[String], batch: usize, calls: usize) -> (f64, Duration, Duration) {
-    let spec = Arc::new(ModelSpec::load(&bertd::config::default_model_dir()).unwrap());
-    let tokenizer = BertTokenizer::load(&spec).unwrap();
-    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float).unwrap());
-    let task = Task::Embed(EmbedOptions {
-        pooling: spec.default_pooling,
-        normalize: spec.default_normalize,
-        layer: spec.num_layers(),
-        dimensions: None,
-    });
+    let (_, tokenizer, engine, task) = default_engine();
     let mut tokens: Vec<Tokenized> = texts
         .iter()
         .map(|t| {

@@ -57,18 +57,8 @@ fn tokenizer_gives_the_ids_and_truncation_of_huggingface() {
     let (tokenizer, _) = load(&model_dir("bert_tiny"));
     for r in &refs {
         let t = tokenizer.encode(&input_of(r), true).unwrap();
-        let want: Vec<i64> = r["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect();
-        let want_types: Vec<i64> = r["token_type_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect();
+        let want: Vec<i64> = ints(&r["input_ids"]);
+        let want_types: Vec<i64> = ints(&r["token_type_ids"]);
         assert_eq!(t.ids, want, "ids of {:?}", r["text"]);
         assert_eq!(t.type_ids, want_types, "type ids of {:?}", r["text"]);
         assert_eq!(
@@ -286,12 +276,7 @@ fn sentence_transformers_layout_gives_its_embeddings_with_its_defaults() {
     );
     let tokens = tokenize_all(&tokenizer, &refs);
     for (r, t) in refs.iter().zip(&tokens) {
-        let want: Vec<i64> = r["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_i64().unwrap())
-            .collect();
+        let want: Vec<i64> = ints(&r["input_ids"]);
         assert_eq!(t.ids, want);
     }
     let task = embed(

@@ -1,5 +1,27 @@
-//! What the benchmarks share: a deterministic corpus and argument parsing.
+//! What the benchmarks share: the default model's engine, a deterministic corpus, arguments.
 #![allow(dead_code)]
+use std::sync::Arc;
+
+use bertd::config::default_model_dir;
+use bertd::engine::{EmbedOptions, Engine, Task};
+use bertd::model::{Model, ModelSpec};
+use bertd::tokenize::BertTokenizer;
+use tch::{Device, Kind};
+
+/// all-MiniLM-L6-v2 on CPU in fp32, its tokenizer, and the embedding task of its defaults.
+pub fn default_engine() -> (Arc<ModelSpec>, BertTokenizer, Engine, Task) {
+    let spec =
+        Arc::new(ModelSpec::load(&default_model_dir()).expect("the default model (make setup)"));
+    let tokenizer = BertTokenizer::load(&spec).unwrap();
+    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float).unwrap());
+    let task = Task::Embed(EmbedOptions {
+        pooling: spec.default_pooling,
+        normalize: spec.default_normalize,
+        layer: spec.num_layers(),
+        dimensions: None,
+    });
+    (spec, tokenizer, engine, task)
+}
 
 const WORDS: &[&str] = &[
     "the",

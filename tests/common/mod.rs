@@ -39,6 +39,14 @@ pub fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
+pub fn ints(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect()
+}
+
 /// Row-major floats of a nested array ([[...], ...]).
 pub fn flat_floats(v: &Value) -> Vec<f32> {
     v.as_array().unwrap().iter().flat_map(floats).collect()
