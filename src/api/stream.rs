@@ -31,6 +31,14 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// What the writer sends next, in request order.
+enum Pending<Resp> {
+    /// A request's task, and its share of the window until its response is sent.
+    Response(AbortOnDrop<Resp>, OwnedSemaphorePermit),
+    /// The stream broke here.
+    End(Status),
+}
+
 /// Runs `handle` for each message of `inbound` and streams its responses back in order.
 /// `inputs_of` says how much of the window a message takes (its number of inputs, at least 1).
 pub fn ordered<Req, Resp, F, Fut>(
@@ -46,8 +54,7 @@ where
     Fut: Future<Output = Resp> + Send + 'static,
 {
     let (out_tx, out_rx) = mpsc::channel::<Result<Resp, Status>>(SEND_BUFFER);
-    let (pending_tx, mut pending_rx) =
-        mpsc::channel::<(AbortOnDrop<Resp>, OwnedSemaphorePermit)>(window);
+    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending<Resp>>(window);
     let window_permits = Arc::new(Semaphore::new(window));
 
     // Reader: admits messages as the window allows.
@@ -62,8 +69,9 @@ where
                 Ok(Some(request)) => request,
                 Ok(None) => return, // the client finished sending
                 Err(status) => {
-                    // The stream as a whole is broken (a transport error or an oversized message).
-                    let _ = reader_out.send(Err(stream_error(status))).await;
+                    // The stream as a whole is broken (a transport error or an oversized message):
+                    // it ends with this status, after the responses to the requests before it.
+                    let _ = pending_tx.send(Pending::End(stream_error(status))).await;
                     return;
                 }
             };
@@ -75,7 +83,11 @@ where
                 _ = reader_out.closed() => return,
             };
             let task = AbortOnDrop(tokio::spawn(handle(request)));
-            if pending_tx.send((task, permit)).await.is_err() {
+            if pending_tx
+                .send(Pending::Response(task, permit))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -83,7 +95,14 @@ where
 
     // Writer: responses in request order.
     tokio::spawn(async move {
-        while let Some((mut task, permit)) = pending_rx.recv().await {
+        while let Some(pending) = pending_rx.recv().await {
+            let (mut task, permit) = match pending {
+                Pending::Response(task, permit) => (task, permit),
+                Pending::End(status) => {
+                    let _ = out_tx.send(Err(status)).await;
+                    return;
+                }
+            };
             let result = tokio::select! {
                 r = &mut task.0 => r,
                 _ = out_tx.closed() => return,
