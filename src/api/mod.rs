@@ -75,7 +75,8 @@ pub struct ServerHandle {
     pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
     ready: watch::Receiver<bool>,
-    task: JoinHandle<Result<(), ServeError>>,
+    /// The server's life; taken by `ready` when start-up fails, to report why.
+    task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
 impl ServerHandle {
@@ -85,7 +86,11 @@ impl ServerHandle {
             return Ok(());
         }
         // The lifecycle ended before it was ready: its result says why.
-        match (&mut self.task).await {
+        let ended = match self.task.take() {
+            Some(task) => task.await,
+            None => Ok(Ok(())),
+        };
+        match ended {
             Ok(Err(e)) => Err(e),
             _ => Err(ServeError::Model(ModelError::Device {
                 device: "worker".into(),
@@ -103,7 +108,10 @@ impl ServerHandle {
 
     /// Waits for the server to end: after `shutdown`, once drained.
     pub async fn wait(self) -> Result<(), ServeError> {
-        self.task.await.unwrap_or(Ok(()))
+        match self.task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
+        }
     }
 }
 
@@ -260,6 +268,6 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServeError> {
         stats,
         stop: Some(stop),
         ready,
-        task,
+        task: Some(task),
     })
 }
