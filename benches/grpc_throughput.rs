@@ -4,7 +4,8 @@
 //!
 //! The server runs in this process on 127.0.0.1 with its default settings (the client shares the
 //! machine's cores with it, as a co-located client would).
-//! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200).
+//! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200), `--cpu-threads N`
+//! (the server's engine.cpu_threads; default: all cores).
 use std::time::{Duration, Instant};
 
 use bertd::api::proto::bert::v1 as pb;
@@ -120,6 +121,9 @@ async fn start_server(delay_ms: u64) -> (bertd::api::ServerHandle, Channel) {
     let mut settings = Settings::default();
     settings.server.addr = "127.0.0.1:0".into();
     settings.batching.max_batch_delay_ms = delay_ms;
+    if let Some(threads) = arg("--cpu-threads") {
+        settings.engine.cpu_threads = threads;
+    }
     let mut server = bertd::api::start(settings).await.unwrap();
     server.ready().await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", server.addr))
