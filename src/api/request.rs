@@ -1,11 +1,9 @@
 //! What Encode and Classify share: checking a request against the limits, tokenizing it off the
 //! async runtime, queueing it and collecting one result per input.
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::time::Instant;
-
-use std::future::Future;
-
 use tonic::{Request, Response, Status, Streaming};
 
 use super::AppState;

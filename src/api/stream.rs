@@ -8,7 +8,6 @@
 //! most `stream_window` inputs of one stream, whatever the client does. A client that goes away
 //! aborts its pending tasks, which drops their queued inputs before they are computed.
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -76,10 +75,11 @@ where
                 }
             };
             let weight = inputs_of(&request).clamp(1, window) as u32;
-            let permit: Pin<Box<dyn Future<Output = _> + Send>> =
-                Box::pin(window_permits.clone().acquire_many_owned(weight));
             let permit = tokio::select! {
-                p = permit => match p { Ok(p) => p, Err(_) => return },
+                p = window_permits.clone().acquire_many_owned(weight) => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
                 _ = reader_out.closed() => return,
             };
             let task = AbortOnDrop(tokio::spawn(handle(request)));
