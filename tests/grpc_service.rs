@@ -753,3 +753,48 @@ async fn reflection_lists_every_service() {
         assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_share_one_queue_and_give_the_same_results() {
+    let refs = references("bert_tiny");
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.engine.workers_per_device = 2;
+    s.engine.cpu_threads = 2; // one libtorch thread each
+    s.batching.max_batch_size = 4;
+    let server = serve(s).await;
+    let channel = channel(&server).await;
+    let info = ModelClient::new(channel.clone())
+        .get_info(pb::GetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.devices, ["cpu", "cpu"]);
+    let requests: Vec<pb::EncodeRequest> = (0..400)
+        .map(|i| {
+            encode_request(
+                i.to_string(),
+                vec![pb_input(&refs[i % 11])],
+                pb::Pooling::Mean,
+            )
+        })
+        .collect();
+    let responses: Vec<pb::EncodeResponse> = EncoderClient::new(channel.clone())
+        .encode_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    for (i, response) in responses.iter().enumerate() {
+        assert_eq!(response.id, i.to_string());
+        assert_close(
+            "mean",
+            &response.results[0].embedding,
+            &floats(&refs[i % 11]["mean"]),
+        );
+    }
+    let now = stats(&channel).await;
+    assert_eq!(now.inputs_computed, 400);
+    assert!(now.batches >= 100, "batches of at most 4: {now:?}");
+}

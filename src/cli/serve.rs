@@ -1,4 +1,5 @@
 //! `bertd serve` and `bertd config`.
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -97,8 +98,10 @@ pub fn print_config(args: ServeArgs) -> anyhow::Result<ExitCode> {
 fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(&settings.log.level)
         .with_context(|| format!("log.level {:?}", settings.log.level))?;
+    // Colours only for a person at a terminal, not in files and log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if settings.log.format == "json" {
         builder.json().init();
