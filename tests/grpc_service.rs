@@ -798,3 +798,50 @@ async fn several_workers_share_one_queue_and_give_the_same_results() {
     assert_eq!(now.inputs_computed, 400);
     assert!(now.batches >= 100, "batches of at most 4: {now:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_has_at_most_max_concurrent_streams_calls_open() {
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.server.max_concurrent_streams = 1;
+    let server = serve(s).await;
+    let channel = channel(&server).await;
+    // The first call holds the connection's only stream open: its client has not finished sending.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(encode_request(
+        "first",
+        vec![input("one")],
+        pb::Pooling::Mean,
+    ))
+    .await
+    .unwrap();
+    let mut first = EncoderClient::new(channel.clone())
+        .encode_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.message().await.unwrap().unwrap().id, "first");
+    let second = tokio::spawn({
+        let channel = channel.clone();
+        async move {
+            EncoderClient::new(channel)
+                .encode(encode_request(
+                    "second",
+                    vec![input("two")],
+                    pb::Pooling::Mean,
+                ))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !second.is_finished(),
+        "a second call waits while the first is open"
+    );
+    drop(tx);
+    assert!(first.message().await.unwrap().is_none());
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.unwrap().into_inner().id, "second");
+}

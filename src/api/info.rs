@@ -58,6 +58,7 @@ impl Model for ModelService {
                 stream_queue_capacity: s.batching.stream_queue_capacity as u32,
                 stream_window: s.batching.stream_window as u32,
                 max_message_bytes: s.server.max_message_bytes as u32,
+                max_concurrent_streams: s.server.max_concurrent_streams,
             }),
             stats: Some(pb::Stats {
                 inputs_computed: Stats::get(&stats.inputs_computed),

@@ -180,6 +180,7 @@ pub async fn start(settings: Settings) -> Result<ServerHandle, ServeError> {
     let max_message = settings.server.max_message_bytes;
     let (stop_accepting, accepting_stopped) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.server.max_concurrent_streams)
         .layer(limits::OversizeIsResourceExhausted)
         .add_service(health_service)
         .add_service(reflection)

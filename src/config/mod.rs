@@ -35,6 +35,9 @@ pub struct ServerSettings {
     pub max_message_bytes: usize,
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cut.
     pub shutdown_timeout_ms: u64,
+    /// Calls (HTTP/2 streams) one connection may have open at once; more wait in the client.
+    /// With `batching.stream_window` it bounds what one connection can make the server hold.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerSettings {
@@ -43,6 +46,7 @@ impl Default for ServerSettings {
             addr: "127.0.0.1:50051".into(),
             max_message_bytes: 4 << 20,
             shutdown_timeout_ms: 10_000,
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -247,6 +251,10 @@ impl Settings {
         }
         let positive = [
             ("server.max_message_bytes", self.server.max_message_bytes),
+            (
+                "server.max_concurrent_streams",
+                self.server.max_concurrent_streams as usize,
+            ),
             (
                 "limits.max_inputs_per_request",
                 self.limits.max_inputs_per_request,
