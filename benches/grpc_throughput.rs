@@ -117,14 +117,14 @@ async fn latency(channel: Channel, calls: usize) -> (Duration, Duration) {
     (times[calls / 2], times[calls * 99 / 100])
 }
 
-async fn start_server(delay_ms: u64) -> (bertd::api::ServerHandle, Channel) {
+async fn start_server(delay_ms: u64) -> (bertd::server::ServerHandle, Channel) {
     let mut settings = Settings::default();
-    settings.server.addr = "127.0.0.1:0".into();
+    settings.server.addr = "127.0.0.1:0".parse().unwrap();
     settings.batching.max_batch_delay_ms = delay_ms;
     if let Some(threads) = arg("--cpu-threads") {
         settings.engine.cpu_threads = threads;
     }
-    let mut server = bertd::api::start(settings).await.unwrap();
+    let mut server = bertd::server::start(settings).await.unwrap();
     server.ready().await.unwrap();
     let channel = Channel::from_shared(format!("http://{}", server.addr))
         .unwrap()

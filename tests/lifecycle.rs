@@ -29,7 +29,7 @@ async fn health(channel: &Channel, service: &str) -> ServingStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_turns_serving_only_after_the_workers_have_warmed_up() {
     // The real model: loading and warming it up takes long enough to look at the server before.
-    let mut server = bertd::api::start(settings(&default_model_dir()))
+    let mut server = bertd::server::start(settings(&default_model_dir()))
         .await
         .unwrap();
     let channel = channel(&server).await;
@@ -125,7 +125,7 @@ async fn shutdown_turns_health_not_serving_refuses_new_calls_and_drains_in_fligh
 async fn start_fails_when_one_maximum_input_cannot_fit_the_batch_budget() {
     let mut s = settings(&model_dir("bert_tiny"));
     s.batching.max_batch_tokens = 16; // the model takes 48 tokens
-    let err = bertd::api::start(s)
+    let err = bertd::server::start(s)
         .await
         .err()
         .expect("refused")
@@ -144,8 +144,8 @@ async fn start_fails_when_a_worker_cannot_start_and_never_serves() {
         return; // this machine has a GPU: cuda:0 would start
     }
     let mut s = settings(&model_dir("bert_tiny"));
-    s.engine.devices = vec!["cuda:0".into()];
-    let mut server = bertd::api::start(s).await.unwrap();
+    s.engine.devices = vec!["cuda:0".parse().unwrap()];
+    let mut server = bertd::server::start(s).await.unwrap();
     let err = server.ready().await.expect_err("not ready").to_string();
     assert!(
         err.contains("cuda:0") && err.contains("CUDA is not available"),
@@ -193,7 +193,13 @@ fn configuration_layers_defaults_file_environment_flags() {
         printed.batching.max_batch_tokens, 555,
         "flag over environment"
     );
-    assert_eq!(printed.engine.devices, ["cpu", "cpu"]);
+    let devices: Vec<String> = printed
+        .engine
+        .devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(devices, ["cpu", "cpu"]);
     assert_eq!(
         printed.batching.stream_window,
         Settings::default().batching.stream_window
@@ -206,7 +212,7 @@ fn configuration_layers_defaults_file_environment_flags() {
         .output()
         .unwrap();
     let printed: Settings = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    assert_eq!(printed.server.addr, "127.0.0.1:6000");
+    assert_eq!(printed.server.addr.to_string(), "127.0.0.1:6000");
 }
 
 #[test]

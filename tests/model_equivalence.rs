@@ -87,7 +87,8 @@ fn over_long_input_is_refused_when_truncation_is_off() {
         err,
         TokenizeError::TooLong {
             tokens: long["original_length"].as_u64().unwrap() as usize,
-            max: 48
+            max: 48,
+            at_least: false,
         }
     );
     // Short input is unaffected by the flag.

@@ -1,7 +1,6 @@
 //! bert.v1.Encoder: embeddings, one call at a time or as a stream.
 use std::sync::Arc;
 
-use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::AppState;
@@ -9,28 +8,24 @@ use super::error::ApiError;
 use super::proto::bert::v1 as pb;
 use super::proto::bert::v1::encoder_server::Encoder;
 use super::proto::google::rpc;
-use super::request::{Call, check_inputs, compute, streamed, unary};
+use super::request::{Call, Computed, streamed, unary};
 use super::stream::ResponseStream;
-use crate::batch::Priority;
-use crate::engine::{EmbedOptions, Output, Task};
+use crate::engine::options::EmbedRequest;
+use crate::engine::{Output, Task};
 use crate::model::{ModelSpec, Pooling};
 
 pub struct EncoderService {
     pub state: Arc<AppState>,
 }
 
-/// The call's options resolved against the model's defaults: (task, truncate).
-fn embed_options(
-    spec: &ModelSpec,
-    options: Option<pb::EncodeOptions>,
-) -> Result<(Task, bool), ApiError> {
-    let options = options.unwrap_or_default();
+/// The contract's options in the engine's terms.
+fn embed_request(options: &pb::EncodeOptions) -> Result<EmbedRequest, ApiError> {
     let pooling = match pb::Pooling::try_from(options.pooling) {
-        Ok(pb::Pooling::Default) => spec.default_pooling,
-        Ok(pb::Pooling::Cls) => Pooling::Cls,
-        Ok(pb::Pooling::Mean) => Pooling::Mean,
-        Ok(pb::Pooling::Max) => Pooling::Max,
-        Ok(pb::Pooling::Tokens) => Pooling::Tokens,
+        Ok(pb::Pooling::Default) => None,
+        Ok(pb::Pooling::Cls) => Some(Pooling::Cls),
+        Ok(pb::Pooling::Mean) => Some(Pooling::Mean),
+        Ok(pb::Pooling::Max) => Some(Pooling::Max),
+        Ok(pb::Pooling::Tokens) => Some(Pooling::Tokens),
         Err(_) => {
             return Err(ApiError::invalid(format!(
                 "options.pooling: unknown value {}; expected POOLING_DEFAULT, _CLS, _MEAN, _MAX or _TOKENS",
@@ -38,66 +33,11 @@ fn embed_options(
             )));
         }
     };
-    let requested_layer = options.layer.unwrap_or(-1);
-    let layer = spec.resolve_layer(i64::from(requested_layer)).ok_or_else(|| {
-        let n = spec.num_layers();
-        ApiError::invalid(format!(
-            "options.layer: {requested_layer} is outside -{}..={n} (0 is the embedding output, {n} the last layer)",
-            n + 1
-        ))
-    })?;
-    let hidden = spec.hidden_size();
-    let dimensions = match options.dimensions {
-        None => None,
-        Some(d) if d >= 1 && d as usize <= hidden => Some(d as usize),
-        Some(d) => {
-            return Err(ApiError::invalid(format!(
-                "options.dimensions: {d} is outside 1..={hidden} (the model's hidden size)"
-            )));
-        }
-    };
-    let task = Task::Embed(EmbedOptions {
+    Ok(EmbedRequest {
         pooling,
-        normalize: options.normalize.unwrap_or(spec.default_normalize),
-        layer,
-        dimensions,
-    });
-    Ok((task, options.truncate.unwrap_or(true)))
-}
-
-async fn encode(
-    state: Arc<AppState>,
-    request: pb::EncodeRequest,
-    priority: Priority,
-    deadline: Option<Instant>,
-) -> Result<pb::EncodeResponse, ApiError> {
-    check_inputs(&state, &request.inputs)?;
-    let (task, truncate) = embed_options(&state.spec, request.options)?;
-    let computed = compute(&state, request.inputs, truncate, task, priority, deadline).await?;
-    let results = computed
-        .into_iter()
-        .map(|c| {
-            let mut result = pb::EncodeResult {
-                usage: Some(c.usage),
-                ..Default::default()
-            };
-            match c.output {
-                Output::Embedding(values) => result.embedding = values,
-                Output::TokenEmbeddings { dim, values } => {
-                    result.token_embeddings = values
-                        .chunks(dim)
-                        .map(|v| pb::Vector { values: v.to_vec() })
-                        .collect();
-                }
-                Output::Scores(_) => unreachable!("an embedding task gives embeddings"),
-            }
-            result
-        })
-        .collect();
-    Ok(pb::EncodeResponse {
-        id: request.id,
-        results,
-        error: None,
+        normalize: options.normalize,
+        layer: options.layer.map(i64::from),
+        dimensions: options.dimensions.map(u64::from),
     })
 }
 
@@ -107,12 +47,52 @@ impl Call for EncodeCall {
     type Request = pb::EncodeRequest;
     type Response = pb::EncodeResponse;
 
-    fn id(request: &pb::EncodeRequest) -> String {
-        request.id.clone()
+    fn id(request: &pb::EncodeRequest) -> &str {
+        &request.id
     }
 
-    fn inputs(request: &pb::EncodeRequest) -> usize {
-        request.inputs.len()
+    fn inputs(request: &pb::EncodeRequest) -> &[pb::TextInput] {
+        &request.inputs
+    }
+
+    fn take_inputs(request: &mut pb::EncodeRequest) -> Vec<pb::TextInput> {
+        std::mem::take(&mut request.inputs)
+    }
+
+    fn options(spec: &ModelSpec, request: &pb::EncodeRequest) -> Result<(Task, bool), ApiError> {
+        let options = request.options.unwrap_or_default();
+        let task = embed_request(&options)?
+            .resolve(spec)
+            .map_err(ApiError::option)?;
+        Ok((task, options.truncate.unwrap_or(true)))
+    }
+
+    fn respond(id: String, results: Vec<Computed>) -> pb::EncodeResponse {
+        let results = results
+            .into_iter()
+            .map(|c| {
+                let mut result = pb::EncodeResult {
+                    usage: Some(c.usage),
+                    ..Default::default()
+                };
+                match c.output {
+                    Output::Embedding(values) => result.embedding = values,
+                    Output::TokenEmbeddings { dim, values } => {
+                        result.token_embeddings = values
+                            .chunks(dim)
+                            .map(|v| pb::Vector { values: v.to_vec() })
+                            .collect();
+                    }
+                    Output::Scores(_) => unreachable!("an embedding task gives embeddings"),
+                }
+                result
+            })
+            .collect();
+        pb::EncodeResponse {
+            id,
+            results,
+            error: None,
+        }
     }
 
     fn failed(id: String, error: rpc::Status) -> pb::EncodeResponse {
@@ -123,13 +103,8 @@ impl Call for EncodeCall {
         }
     }
 
-    async fn run(
-        state: Arc<AppState>,
-        request: pb::EncodeRequest,
-        priority: Priority,
-        deadline: Option<Instant>,
-    ) -> Result<pb::EncodeResponse, ApiError> {
-        encode(state, request, priority, deadline).await
+    fn error(response: &pb::EncodeResponse) -> Option<&rpc::Status> {
+        response.error.as_ref()
     }
 }
 

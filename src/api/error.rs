@@ -3,8 +3,10 @@
 use tonic::{Code, Status};
 
 use super::proto::google::rpc;
+use crate::batch::budget::OverBudget;
 use crate::batch::{JobError, SubmitError};
 use crate::engine::EngineError;
+use crate::engine::options::OptionError;
 use crate::tokenize::TokenizeError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,25 +16,50 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>) -> Self {
+    fn new(code: Code, message: impl Into<String>) -> Self {
         ApiError {
-            code: Code::InvalidArgument,
+            code,
             message: message.into(),
         }
     }
 
-    pub fn precondition(message: impl Into<String>) -> Self {
-        ApiError {
-            code: Code::FailedPrecondition,
-            message: message.into(),
-        }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(Code::InvalidArgument, message)
+    }
+
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        ApiError::new(Code::ResourceExhausted, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        ApiError::new(Code::Internal, message)
+    }
+
+    pub fn shutting_down() -> Self {
+        ApiError::new(Code::Unavailable, "the server is shutting down")
+    }
+
+    /// An option the model cannot honour, named as the contract names it.
+    pub fn option(error: OptionError) -> Self {
+        let code = match error {
+            OptionError::NoClassifier { .. } => {
+                return ApiError::new(Code::FailedPrecondition, format!("{error}; use Encoder"));
+            }
+            _ => Code::InvalidArgument,
+        };
+        ApiError::new(code, format!("options.{}: {error}", error.field()))
     }
 
     /// A tokenizer refusal for input `index` of a request.
     pub fn tokenize(index: usize, error: TokenizeError) -> Self {
         match error {
-            TokenizeError::TooLong { tokens, max } => ApiError::invalid(format!(
-                "inputs[{index}]: {tokens} tokens exceed the maximum input length of {max} tokens and truncate is false"
+            TokenizeError::TooLong {
+                tokens,
+                max,
+                at_least,
+            } => ApiError::invalid(format!(
+                "inputs[{index}]: {}{tokens} tokens exceed the maximum input length of {max} tokens and truncate is false",
+                if at_least { "at least " } else { "" }
             )),
             TokenizeError::PairsUnsupported => ApiError::invalid(format!(
                 "inputs[{index}].text_pair: this model has a single segment embedding and takes no pairs"
@@ -47,23 +74,30 @@ impl ApiError {
             JobError::Engine(EngineError::InvalidInput { reason, .. }) => {
                 ApiError::invalid(format!("inputs[{index}]: {reason}"))
             }
-            JobError::Engine(EngineError::Compute(reason)) => ApiError {
-                code: Code::Internal,
-                message: format!("inputs[{index}]: the model failed: {reason}"),
-            },
-            JobError::DeadlineExceeded => ApiError {
-                code: Code::DeadlineExceeded,
-                message: format!("inputs[{index}]: the deadline passed while it was queued"),
-            },
-            JobError::ShuttingDown => ApiError::unavailable(),
+            JobError::Engine(EngineError::Compute(reason) | EngineError::Broken(reason)) => {
+                ApiError::internal(format!("inputs[{index}]: the model failed: {reason}"))
+            }
+            JobError::DeadlineExceeded => ApiError::new(
+                Code::DeadlineExceeded,
+                format!("inputs[{index}]: the deadline passed while it was queued"),
+            ),
+            JobError::ShuttingDown => ApiError::shutting_down(),
+            JobError::Unavailable(reason) => ApiError::no_worker(&reason),
         }
     }
 
-    pub fn unavailable() -> Self {
-        ApiError {
-            code: Code::Unavailable,
-            message: "the server is shutting down".into(),
-        }
+    /// Input `index` was taken by a worker whose thread then died before answering.
+    pub fn worker_lost(index: usize) -> Self {
+        ApiError::internal(format!(
+            "inputs[{index}]: the worker computing it stopped; it may be sent again"
+        ))
+    }
+
+    fn no_worker(reason: &str) -> Self {
+        ApiError::new(
+            Code::Unavailable,
+            format!("no model worker can run ({reason}); retry later or elsewhere"),
+        )
     }
 
     pub fn to_rpc_status(&self) -> rpc::Status {
@@ -78,14 +112,18 @@ impl ApiError {
 impl From<SubmitError> for ApiError {
     fn from(error: SubmitError) -> Self {
         match error {
-            SubmitError::QueueFull { capacity } => ApiError {
-                code: Code::ResourceExhausted,
-                message: format!(
-                    "the queue is full: unary calls may queue {capacity} inputs (batching.queue_capacity); retry later"
-                ),
-            },
-            SubmitError::Closed => ApiError::unavailable(),
+            SubmitError::QueueFull { capacity } => ApiError::resource_exhausted(format!(
+                "the queue is full: unary calls may queue {capacity} inputs (batching.queue_capacity); retry later"
+            )),
+            SubmitError::Closed => ApiError::shutting_down(),
+            SubmitError::Unavailable(reason) => ApiError::no_worker(&reason),
         }
+    }
+}
+
+impl From<OverBudget> for ApiError {
+    fn from(error: OverBudget) -> Self {
+        ApiError::resource_exhausted(error.to_string())
     }
 }
 

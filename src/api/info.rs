@@ -46,7 +46,7 @@ impl Model for ModelService {
                 .map(|c| c.activation.to_string())
                 .unwrap_or_default(),
             devices: state.devices.clone(),
-            dtype: s.engine.dtype.clone(),
+            dtype: s.engine.dtype.to_string(),
             limits: Some(pb::Limits {
                 max_inputs_per_request: s.limits.max_inputs_per_request as u32,
                 max_input_chars: s.limits.max_input_chars as u32,
@@ -59,6 +59,12 @@ impl Model for ModelService {
                 stream_window: s.batching.stream_window as u32,
                 max_message_bytes: s.server.max_message_bytes as u32,
                 max_concurrent_streams: s.server.max_concurrent_streams,
+                max_response_bytes: s.server.max_response_bytes as u64,
+                max_id_bytes: s.limits.max_id_bytes as u32,
+                stream_window_bytes: s.batching.stream_window_bytes as u64,
+                unary_inflight_bytes: s.limits.unary_inflight_bytes as u64,
+                stream_inflight_bytes: s.limits.stream_inflight_bytes as u64,
+                stream_share: s.batching.stream_share,
             }),
             stats: Some(pb::Stats {
                 inputs_computed: Stats::get(&stats.inputs_computed),
@@ -67,6 +73,10 @@ impl Model for ModelService {
                 inputs_expired: Stats::get(&stats.inputs_expired),
                 requests_rejected: Stats::get(&stats.requests_rejected),
                 inputs_queued: state.scheduler.queued() as u64,
+                inputs_failed: Stats::get(&stats.inputs_failed),
+                batches_split: Stats::get(&stats.batches_split),
+                worker_restarts: Stats::get(&stats.worker_restarts),
+                workers_running: state.pool_status.borrow().running as u32,
             }),
         }))
     }

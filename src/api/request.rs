@@ -1,71 +1,97 @@
-//! What Encode and Classify share: checking a request against the limits, tokenizing it off the
-//! async runtime, queueing it and collecting one result per input.
-use std::future::Future;
+//! What Encode and Classify share, unary or streamed. A request goes through, in order:
+//! 1. `check`: its id, inputs and options against the limits, and its cost in bytes (message,
+//!    tokens, response at its largest). A response sure to exceed `server.max_response_bytes` is
+//!    refused here, before any work.
+//! 2. admission (by the caller): bytes from a budget and room in the queue, still before any
+//!    work; a unary call is refused at once when either is short, a stream waits.
+//! 3. `execute`: tokenizing on the tokenizer pool, the exact response size checked, the inputs
+//!    queued, and one result per input collected.
 use std::sync::Arc;
 
+use prost::Message;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::AppState;
+use super::deadline::deadline;
 use super::error::ApiError;
 use super::proto::bert::v1 as pb;
 use super::proto::google::rpc;
+use super::size::{self, TOKEN_BYTES};
 use super::stream::{ResponseStream, ordered};
-use crate::batch::{NewJob, Priority};
+use crate::batch::{Admission, NewJob};
 use crate::engine::{Output, Task};
+use crate::model::ModelSpec;
 use crate::tokenize::{TextInput, Tokenized};
 
-/// A call that computes its inputs on the model: Encode or Classify. Its unary and streaming
-/// forms differ only in priority and in how a failure is returned.
+/// A call that computes its inputs on the model: Encode or Classify.
 pub trait Call: Send + Sync + 'static {
-    type Request: Send + 'static;
+    type Request: Message + Send + 'static;
     type Response: Send + 'static;
 
-    fn id(request: &Self::Request) -> String;
-    fn inputs(request: &Self::Request) -> usize;
+    fn id(request: &Self::Request) -> &str;
+    fn inputs(request: &Self::Request) -> &[pb::TextInput];
+    /// Moves the inputs out, for tokenizing.
+    fn take_inputs(request: &mut Self::Request) -> Vec<pb::TextInput>;
+    /// The request's options resolved against the model: the task and whether to truncate.
+    fn options(spec: &ModelSpec, request: &Self::Request) -> Result<(Task, bool), ApiError>;
+    fn respond(id: String, results: Vec<Computed>) -> Self::Response;
     /// A stream's response for a request that failed.
     fn failed(id: String, error: rpc::Status) -> Self::Response;
-    fn run(
-        state: Arc<AppState>,
-        request: Self::Request,
-        priority: Priority,
-        deadline: Option<Instant>,
-    ) -> impl Future<Output = Result<Self::Response, ApiError>> + Send;
+    /// The failure a stream's response carries, if any.
+    fn error(response: &Self::Response) -> Option<&rpc::Status>;
 }
 
-/// A unary call: served ahead of streams, refused at once when the queue is full.
+/// One input's result and what the model saw of it.
+pub struct Computed {
+    pub output: Output,
+    pub usage: pb::Usage,
+}
+
+/// A request that passed `check`, with what it will cost.
+pub struct Checked<C: Call> {
+    request: C::Request,
+    task: Task,
+    truncate: bool,
+    /// Bytes to hold for it until its response is sent: the message, its tokens and its
+    /// response at their largest (the response counted up to the response limit).
+    pub cost: usize,
+}
+
+impl<C: Call> Checked<C> {
+    pub fn inputs(&self) -> usize {
+        C::inputs(&self.request).len()
+    }
+}
+
+/// A unary call: refused at once when its bytes or its queue room are not available.
 pub async fn unary<C: Call>(
     state: &Arc<AppState>,
     request: Request<C::Request>,
 ) -> Result<Response<C::Response>, Status> {
-    let deadline = deadline_of(&request);
-    let response = C::run(
-        state.clone(),
-        request.into_inner(),
-        Priority::Interactive,
-        deadline,
-    )
-    .await?;
+    let deadline = deadline(request.metadata(), state.settings.max_deadline());
+    let checked = check::<C>(state, request.into_inner())?;
+    let _bytes = state
+        .budgets
+        .unary
+        .try_take(checked.cost)
+        .map_err(ApiError::from)?;
+    let admission = state
+        .scheduler
+        .try_admit(checked.inputs())
+        .map_err(ApiError::from)?;
+    let response = execute(state.clone(), checked, admission, deadline).await?;
     Ok(Response::new(response))
 }
 
-/// A stream of calls: responses in request order, a failed request answered in its own response.
+/// A stream of calls: responses in request order, a failed request answered in its own
+/// response (see `stream`).
 pub fn streamed<C: Call>(
     state: &Arc<AppState>,
     request: Request<Streaming<C::Request>>,
 ) -> Response<ResponseStream<C::Response>> {
-    let deadline = deadline_of(&request);
-    let window = state.settings.batching.stream_window;
-    let state = state.clone();
-    Response::new(ordered(request.into_inner(), window, C::inputs, move |r| {
-        let state = state.clone();
-        async move {
-            let id = C::id(&r);
-            C::run(state, r, Priority::Bulk, deadline)
-                .await
-                .unwrap_or_else(|e| C::failed(id, e.to_rpc_status()))
-        }
-    }))
+    let deadline = deadline(request.metadata(), state.settings.max_deadline());
+    Response::new(ordered::<C>(state.clone(), request.into_inner(), deadline))
 }
 
 impl From<pb::TextInput> for TextInput {
@@ -75,6 +101,69 @@ impl From<pb::TextInput> for TextInput {
             text_pair: input.text_pair,
         }
     }
+}
+
+/// `id` cut to at most `max` bytes (at a character boundary), for echoing a refused id.
+pub fn echoed_id(id: &str, max: usize) -> String {
+    let mut end = id.len().min(max);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id[..end].to_string()
+}
+
+/// Checks the request against the limits and prices it; no work is done for it yet.
+pub fn check<C: Call>(state: &AppState, request: C::Request) -> Result<Checked<C>, ApiError> {
+    let limits = &state.settings.limits;
+    let id = C::id(&request);
+    if id.len() > limits.max_id_bytes {
+        return Err(ApiError::invalid(format!(
+            "id: {} bytes exceed the limit of {} (limits.max_id_bytes)",
+            id.len(),
+            limits.max_id_bytes
+        )));
+    }
+    check_inputs(state, C::inputs(&request))?;
+    let (task, truncate) = C::options(&state.spec, &request)?;
+
+    let spec = &state.spec;
+    let max_response = state.settings.server.max_response_bytes;
+    let inputs = C::inputs(&request);
+    let fewest: Vec<usize> = inputs
+        .iter()
+        .map(|i| state.tokenizer.min_tokens(&i.text, i.text_pair.as_deref()))
+        .collect();
+    let smallest = size::response_bytes(spec, &task, id, fewest.iter().copied());
+    if smallest > max_response {
+        return Err(too_large(smallest, inputs.len(), max_response, "at least "));
+    }
+    // Every token takes at least one byte of text; special tokens come on top.
+    let most: Vec<usize> = inputs
+        .iter()
+        .map(|i| {
+            let bytes = i.text.len() + i.text_pair.as_ref().map_or(0, String::len);
+            (bytes + SPECIAL_TOKENS_AT_MOST).min(spec.max_length)
+        })
+        .collect();
+    let largest = size::response_bytes(spec, &task, id, most.iter().copied());
+    let cost = request.encoded_len()
+        + most.iter().sum::<usize>() * TOKEN_BYTES
+        + largest.min(max_response);
+    Ok(Checked {
+        request,
+        task,
+        truncate,
+        cost,
+    })
+}
+
+/// Special tokens BERT adds to one input: [CLS] text [SEP] pair [SEP].
+const SPECIAL_TOKENS_AT_MOST: usize = 3;
+
+fn too_large(bytes: usize, inputs: usize, max: usize, qualifier: &str) -> ApiError {
+    ApiError::resource_exhausted(format!(
+        "the response would take {qualifier}{bytes} bytes for {inputs} inputs, over the limit of {max} bytes (server.max_response_bytes); send fewer inputs per request"
+    ))
 }
 
 /// Checks the number and size of inputs against the configured limits.
@@ -105,52 +194,46 @@ pub fn check_inputs(state: &AppState, inputs: &[pb::TextInput]) -> Result<(), Ap
     Ok(())
 }
 
-/// The request's deadline from its `grpc-timeout` header, if any.
-pub fn deadline_of<T>(request: &tonic::Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let amount: u64 = digits.parse().ok()?;
-    let timeout = match unit {
-        "H" => std::time::Duration::from_secs(amount * 3600),
-        "M" => std::time::Duration::from_secs(amount * 60),
-        "S" => std::time::Duration::from_secs(amount),
-        "m" => std::time::Duration::from_millis(amount),
-        "u" => std::time::Duration::from_micros(amount),
-        "n" => std::time::Duration::from_nanos(amount),
-        _ => return None,
-    };
-    Some(Instant::now() + timeout)
-}
-
-/// One input's result and what the model saw of it.
-pub struct Computed {
-    pub output: Output,
-    pub usage: pb::Usage,
-}
-
-/// Tokenizes, queues and computes every input of one request; fails with the first failure.
-pub async fn compute(
-    state: &Arc<AppState>,
-    inputs: Vec<pb::TextInput>,
-    truncate: bool,
-    task: Task,
-    priority: Priority,
+/// Tokenizes, queues and computes every input of one admitted request; fails with the first
+/// failure.
+pub async fn execute<C: Call>(
+    state: Arc<AppState>,
+    checked: Checked<C>,
+    admission: Admission,
     deadline: Option<Instant>,
-) -> Result<Vec<Computed>, ApiError> {
+) -> Result<C::Response, ApiError> {
+    let Checked {
+        mut request,
+        task,
+        truncate,
+        ..
+    } = checked;
+    let inputs = C::take_inputs(&mut request);
+    let id = C::id(&request).to_string();
+    drop(request);
+
     let tokenizer = state.tokenizer.clone();
-    let tokenized: Vec<Tokenized> = tokio::task::spawn_blocking(move || {
-        inputs
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| {
-                tokenizer
-                    .encode(&input.into(), truncate)
-                    .map_err(|e| ApiError::tokenize(i, e))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|_| ApiError::unavailable())??;
+    let tokenized: Vec<Tokenized> = state
+        .tokenize_pool
+        .run(move || {
+            inputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    tokenizer
+                        .encode(&input.into(), truncate)
+                        .map_err(|e| ApiError::tokenize(i, e))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+
+    let max_response = state.settings.server.max_response_bytes;
+    let bytes = size::response_bytes(&state.spec, &task, &id, tokenized.iter().map(|t| t.len()));
+    if bytes > max_response {
+        return Err(too_large(bytes, tokenized.len(), max_response, ""));
+    }
 
     let usages: Vec<pb::Usage> = tokenized
         .iter()
@@ -163,14 +246,14 @@ pub async fn compute(
         .into_iter()
         .map(|tokens| NewJob { tokens, task })
         .collect();
-    let receivers = state.scheduler.submit(jobs, priority, deadline).await?;
+    let receivers = state.scheduler.submit(admission, jobs, deadline)?;
     let mut computed = Vec::with_capacity(receivers.len());
     for (i, (receiver, usage)) in receivers.into_iter().zip(usages).enumerate() {
         let output = receiver
             .await
-            .map_err(|_| ApiError::unavailable())?
+            .map_err(|_| ApiError::worker_lost(i))?
             .map_err(|e| ApiError::job(i, e))?;
         computed.push(Computed { output, usage });
     }
-    Ok(computed)
+    Ok(C::respond(id, computed))
 }

@@ -1,25 +1,44 @@
 //! Bidirectional streams with bounded memory and responses in request order.
 //!
-//! A reader takes request messages while the stream's window has room for their inputs, and
-//! starts each one as its own task (tokenizing and computing in parallel with the others). A
-//! writer awaits those tasks in request order and sends each response. The window's permits are
-//! returned only when a response has been handed to the transport, so a client that stops
-//! reading stops the reader too, and HTTP/2 flow control pushes back on it: the server holds at
-//! most `stream_window` inputs of one stream, whatever the client does. A client that goes away
-//! aborts its pending tasks, which drops their queued inputs before they are computed.
-use std::future::Future;
+//! A reader takes request messages one by one. Before any work is done for a message it takes,
+//! in order: its inputs from the stream's window (`batching.stream_window`), its cost in bytes
+//! from the stream's byte window (`batching.stream_window_bytes`) and from the budget of all
+//! streams (`limits.stream_inflight_bytes`), and room in the queue. Then it starts the request
+//! as its own task (tokenizing and computing in parallel with the others). A writer awaits those
+//! tasks in request order and sends each response; only then does the request give back what it
+//! took. So a client that stops reading stops the reader too, HTTP/2 flow control pushes back on
+//! it, and the server holds at most one window of it, whatever the client does.
+//!
+//! A client that goes away aborts its pending tasks, which drops their queued inputs before they
+//! are computed. When the server drains, the reader stops reading, the requests already taken are
+//! answered, and the stream ends with UNAVAILABLE naming the last request answered in order
+//! (in the message and in the `bertd-resume-after-bin` trailer), so the client knows where to
+//! resume elsewhere.
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
+
+use super::AppState;
+use super::error::ApiError;
+use super::request::{Call, check, echoed_id, execute};
+use crate::batch::budget::{ByteBudget, BytesHeld};
 
 /// What a stream handler returns to tonic.
 pub type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
 /// Responses computed but not yet taken by the transport; the window bounds the rest.
 const SEND_BUFFER: usize = 4;
+
+/// What a refused request holds while its error response waits its turn: its id and message.
+const REFUSAL_BYTES: usize = 1024;
+
+/// The trailer that names the last request answered before a drain ended the stream.
+pub const RESUME_AFTER: &str = "bertd-resume-after-bin";
 
 /// A spawned task that is aborted when dropped, so that abandoning a stream cancels its work.
 struct AbortOnDrop<T>(JoinHandle<T>);
@@ -30,93 +49,211 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// What the writer sends next, in request order.
-enum Pending<Resp> {
-    /// A request's task, and its share of the window until its response is sent.
-    Response(AbortOnDrop<Resp>, OwnedSemaphorePermit),
-    /// The stream broke here.
-    End(Status),
+/// What one request holds until its response has been handed to the transport.
+struct Held {
+    _inputs: OwnedSemaphorePermit,
+    _stream_bytes: BytesHeld,
+    _all_streams_bytes: BytesHeld,
 }
 
-/// Runs `handle` for each message of `inbound` and streams its responses back in order.
-/// `inputs_of` says how much of the window a message takes (its number of inputs, at least 1).
-pub fn ordered<Req, Resp, F, Fut>(
-    mut inbound: Streaming<Req>,
-    window: usize,
-    inputs_of: fn(&Req) -> usize,
-    handle: F,
-) -> ResponseStream<Resp>
-where
-    Req: Send + 'static,
-    Resp: Send + 'static,
-    F: Fn(Req) -> Fut + Send + 'static,
-    Fut: Future<Output = Resp> + Send + 'static,
-{
-    let (out_tx, out_rx) = mpsc::channel::<Result<Resp, Status>>(SEND_BUFFER);
-    let (pending_tx, mut pending_rx) = mpsc::channel::<Pending<Resp>>(window);
-    let window_permits = Arc::new(Semaphore::new(window));
+/// What the writer sends next, in request order.
+enum Pending<Resp> {
+    /// A request's task, or its response when it was refused before any work.
+    Response {
+        id: String,
+        answer: Answer<Resp>,
+        _held: Held,
+    },
+    /// The stream broke here.
+    Broken(Status),
+    /// The server is draining: the stream ends here.
+    Drained,
+}
 
-    // Reader: admits messages as the window allows.
-    let reader_out = out_tx.clone();
-    tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                m = inbound.message() => m,
-                _ = reader_out.closed() => return,
-            };
-            let request = match message {
-                Ok(Some(request)) => request,
-                Ok(None) => return, // the client finished sending
-                Err(status) => {
-                    // The stream as a whole is broken (a transport error or an oversized message):
-                    // it ends with this status, after the responses to the requests before it.
-                    let _ = pending_tx.send(Pending::End(stream_error(status))).await;
-                    return;
-                }
-            };
-            let weight = inputs_of(&request).clamp(1, window) as u32;
-            let permit = tokio::select! {
-                p = window_permits.clone().acquire_many_owned(weight) => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = reader_out.closed() => return,
-            };
-            let task = AbortOnDrop(tokio::spawn(handle(request)));
-            if pending_tx
-                .send(Pending::Response(task, permit))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-    });
+enum Answer<Resp> {
+    Running(AbortOnDrop<Resp>),
+    Ready(Resp),
+}
 
-    // Writer: responses in request order.
-    tokio::spawn(async move {
-        while let Some(pending) = pending_rx.recv().await {
-            let (mut task, permit) = match pending {
-                Pending::Response(task, permit) => (task, permit),
-                Pending::End(status) => {
-                    let _ = out_tx.send(Err(status)).await;
-                    return;
-                }
-            };
-            let result = tokio::select! {
-                r = &mut task.0 => r,
-                _ = out_tx.closed() => return,
-            };
-            let message = result.map_err(|_| Status::internal("a stream request's task failed"));
-            let failed = message.is_err();
-            if out_tx.send(message).await.is_err() || failed {
-                return;
-            }
-            drop(permit);
-        }
-    });
-
+/// Runs each request of `inbound` and streams the responses back in order.
+pub fn ordered<C: Call>(
+    state: Arc<AppState>,
+    inbound: Streaming<C::Request>,
+    deadline: Option<Instant>,
+) -> ResponseStream<C::Response> {
+    let window = state.settings.batching.stream_window;
+    let (out_tx, out_rx) = mpsc::channel::<Result<C::Response, Status>>(SEND_BUFFER);
+    let (pending_tx, pending_rx) = mpsc::channel::<Pending<C::Response>>(window);
+    tokio::spawn(read::<C>(
+        state,
+        inbound,
+        deadline,
+        pending_tx,
+        out_tx.clone(),
+    ));
+    tokio::spawn(write::<C>(pending_rx, out_tx));
     ReceiverStream::new(out_rx)
+}
+
+/// Reader: takes messages as the windows, the budget and the queue allow.
+async fn read<C: Call>(
+    state: Arc<AppState>,
+    mut inbound: Streaming<C::Request>,
+    deadline: Option<Instant>,
+    pending: mpsc::Sender<Pending<C::Response>>,
+    out: mpsc::Sender<Result<C::Response, Status>>,
+) {
+    let settings = &state.settings;
+    let window = settings.batching.stream_window;
+    let inputs_window = Arc::new(Semaphore::new(window));
+    let bytes_window = ByteBudget::new(
+        "batching.stream_window_bytes",
+        settings.batching.stream_window_bytes,
+    );
+    let lane = state.scheduler.stream_lane();
+    let draining = state.draining.clone();
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = draining.cancelled() => break,
+            _ = out.closed() => return,
+            m = inbound.message() => m,
+        };
+        let request = match message {
+            Ok(Some(request)) => request,
+            Ok(None) => return, // the client finished sending
+            Err(status) => {
+                // The stream as a whole is broken (a transport error or an oversized message):
+                // it ends with this status, after the responses to the requests before it.
+                let _ = pending.send(Pending::Broken(stream_error(status))).await;
+                return;
+            }
+        };
+        let id = echoed_id(C::id(&request), settings.limits.max_id_bytes);
+        let checked = check::<C>(&state, request);
+        let (inputs, bytes) = match &checked {
+            Ok(c) => (c.inputs(), c.cost),
+            Err(_) => (1, REFUSAL_BYTES),
+        };
+        let take = async {
+            let inputs = inputs_window
+                .clone()
+                .acquire_many_owned(inputs.clamp(1, window) as u32)
+                .await
+                .expect("the window is never closed");
+            let stream_bytes = bytes_window.take(bytes).await;
+            let all_streams_bytes = state.budgets.streams.take(bytes).await;
+            Held {
+                _inputs: inputs,
+                _stream_bytes: stream_bytes,
+                _all_streams_bytes: all_streams_bytes,
+            }
+        };
+        let held = tokio::select! {
+            biased;
+            _ = draining.cancelled() => break,
+            _ = out.closed() => return,
+            held = take => held,
+        };
+        let answer = match checked {
+            Err(error) => Answer::Ready(C::failed(id.clone(), error.to_rpc_status())),
+            Ok(checked) => {
+                let admitted = tokio::select! {
+                    biased;
+                    _ = draining.cancelled() => break,
+                    _ = out.closed() => return,
+                    admitted = state.scheduler.admit(lane, checked.inputs()) => admitted,
+                };
+                match admitted {
+                    Err(refused) => Answer::Ready(C::failed(
+                        id.clone(),
+                        ApiError::from(refused).to_rpc_status(),
+                    )),
+                    Ok(admission) => {
+                        let state = state.clone();
+                        let task_id = id.clone();
+                        Answer::Running(AbortOnDrop(tokio::spawn(async move {
+                            execute(state, checked, admission, deadline)
+                                .await
+                                .unwrap_or_else(|e| C::failed(task_id, e.to_rpc_status()))
+                        })))
+                    }
+                }
+            }
+        };
+        let next = Pending::Response {
+            id,
+            answer,
+            _held: held,
+        };
+        if pending.send(next).await.is_err() {
+            return;
+        }
+    }
+    let _ = pending.send(Pending::Drained).await;
+}
+
+/// Writer: responses in request order; each request's holdings are given back once its
+/// response is with the transport.
+async fn write<C: Call>(
+    mut pending: mpsc::Receiver<Pending<C::Response>>,
+    out: mpsc::Sender<Result<C::Response, Status>>,
+) {
+    // The last request answered with nothing left to retry before it (in request order).
+    let mut resume_after: Option<String> = None;
+    let mut in_order = true;
+    while let Some(next) = pending.recv().await {
+        let (id, answer, held) = match next {
+            Pending::Response { id, answer, _held } => (id, answer, _held),
+            Pending::Broken(status) => {
+                let _ = out.send(Err(status)).await;
+                return;
+            }
+            Pending::Drained => {
+                let _ = out.send(Err(drained(resume_after.as_deref()))).await;
+                return;
+            }
+        };
+        let response = match answer {
+            Answer::Ready(response) => response,
+            Answer::Running(mut task) => {
+                let joined = tokio::select! {
+                    r = &mut task.0 => r,
+                    _ = out.closed() => return,
+                };
+                joined.unwrap_or_else(|_| {
+                    C::failed(
+                        id.clone(),
+                        ApiError::internal("this request's task failed").to_rpc_status(),
+                    )
+                })
+            }
+        };
+        let retry = C::error(&response).is_some_and(|e| e.code == Code::Unavailable as i32);
+        in_order &= !retry;
+        if in_order {
+            resume_after = Some(id);
+        }
+        if out.send(Ok(response)).await.is_err() {
+            return;
+        }
+        drop(held);
+    }
+}
+
+/// The status that ends a stream when the server drains.
+fn drained(resume_after: Option<&str>) -> Status {
+    let mut trailers = MetadataMap::new();
+    let message = match resume_after {
+        Some(id) => {
+            trailers.insert_bin(RESUME_AFTER, MetadataValue::from_bytes(id.as_bytes()));
+            format!(
+                "the server is shutting down: every request up to id {id:?} was answered; send the ones after it to another server"
+            )
+        }
+        None => "the server is shutting down: no request of this stream was answered; send them to another server".to_string(),
+    };
+    Status::with_metadata(Code::Unavailable, message, trailers)
 }
 
 /// An oversized message is the client's to fix, not a range error: RESOURCE_EXHAUSTED, as gRPC's

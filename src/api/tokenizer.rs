@@ -1,4 +1,5 @@
-//! bert.v1.Tokenizer: what the model will see of a text.
+//! bert.v1.Tokenizer: what the model will see of a text. Tokenized exactly (never pre-cut), on
+//! the tokenizer pool, within the input limits.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -23,38 +24,41 @@ impl Tokenizer for TokenizerService {
         check_inputs(&self.state, &request.inputs)?;
         let truncate = request.truncate.unwrap_or(true);
         let tokenizer = self.state.tokenizer.clone();
-        let results = tokio::task::spawn_blocking(move || {
-            request
-                .inputs
-                .into_iter()
-                .enumerate()
-                .map(|(i, input)| {
-                    let (tokenized, tokens) = tokenizer
-                        .encode_detailed(&input.into(), truncate)
-                        .map_err(|e| ApiError::tokenize(i, e))?;
-                    Ok(pb::TokenizedInput {
-                        tokens: tokens
-                            .into_iter()
-                            .map(|t| pb::Token {
-                                id: t.id,
-                                text: t.token,
-                                start: t.start as u32,
-                                end: t.end as u32,
-                                special: t.special,
-                                type_id: t.type_id,
-                            })
-                            .collect(),
-                        usage: Some(pb::Usage {
-                            tokens: tokenized.len() as u32,
-                            truncated: tokenized.truncated(),
-                        }),
-                        original_tokens: tokenized.original_length as u32,
+        let results = self
+            .state
+            .tokenize_pool
+            .run(move || {
+                request
+                    .inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, input)| {
+                        let (tokenized, tokens) = tokenizer
+                            .encode_detailed(&input.into(), truncate)
+                            .map_err(|e| ApiError::tokenize(i, e))?;
+                        Ok(pb::TokenizedInput {
+                            tokens: tokens
+                                .into_iter()
+                                .map(|t| pb::Token {
+                                    id: t.id,
+                                    text: t.token,
+                                    start: t.start as u32,
+                                    end: t.end as u32,
+                                    special: t.special,
+                                    type_id: t.type_id,
+                                })
+                                .collect(),
+                            usage: Some(pb::Usage {
+                                tokens: tokenized.len() as u32,
+                                truncated: tokenized.truncated(),
+                            }),
+                            original_tokens: tokenized.original_length as u32,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, ApiError>>()
-        })
-        .await
-        .map_err(|_| Status::from(ApiError::unavailable()))??;
+                    .collect::<Result<Vec<_>, ApiError>>()
+            })
+            .await
+            .map_err(|e| Status::from(ApiError::internal(e.to_string())))??;
         Ok(Response::new(pb::TokenizeResponse { results }))
     }
 }

@@ -1,34 +1,45 @@
-//! The one queue between every client and the workers, and the scheduler that turns it into
-//! batches.
+//! The batch layer: the one queue between every client and the workers, the scheduler that
+//! turns it into batches, and the workers' loop that runs them and replies.
 //!
-//! - Admission is bounded twice: unary calls (`Priority::Interactive`) share `queue_capacity`
-//!   slots and are refused at once when they are gone; streams (`Priority::Bulk`) share
-//!   `stream_queue_capacity` slots and wait for one. A slot is freed when its input leaves the
-//!   queue, so the queue can never grow past the two capacities.
-//! - A batch starts from the oldest interactive input (else the oldest bulk input), so unary
-//!   calls are never starved by bulk streams, and is filled with queued inputs of similar
-//!   length, within `max_batch_size` inputs and `max_batch_tokens` padded tokens.
+//! - Admission comes before any work: a request takes queue room for all its inputs (`admit`)
+//!   before it is tokenized, and byte budgets (`budget`) bound what requests and their responses
+//!   may hold. Unary calls (`Lane::Interactive`) share `queue_capacity` slots and are refused at
+//!   once when they are gone; streams share `stream_queue_capacity` slots and wait for one. A
+//!   slot is freed when its input leaves the queue, so the queue never grows past the two.
+//! - Unary calls anchor batches first, but streams get `stream_share` of the batches while both
+//!   wait, and streams take turns among themselves (`queue`).
 //! - A batch that is not full waits at most `max_batch_delay` from its oldest input's arrival.
 //! - Inputs whose caller has gone (its receiver was dropped) or whose deadline has passed are
 //!   dropped before they are computed, and counted.
-use std::collections::VecDeque;
+//! - When no worker can run (`pool`), the scheduler is marked unavailable: queued inputs fail at
+//!   once and new ones are refused, rather than left to hang.
+pub mod budget;
+pub mod pool;
+mod queue;
+mod worker;
+
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
+use tokio::time::Instant;
 
 use crate::engine::{EngineError, Output, Task};
 use crate::tokenize::Tokenized;
+use queue::{BatchLimits, Queues};
 
+/// Identifies a stream's inputs in the queue, for round robin between streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamId(u64);
+
+/// Which queue an input waits in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
+pub enum Lane {
     /// Unary calls: served first, refused when their queue share is full.
     Interactive,
-    /// Streams: wait for room.
-    Bulk,
+    /// A stream: waits for room, and takes turns with the other streams.
+    Stream(StreamId),
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +49,8 @@ pub struct SchedulerConfig {
     pub max_batch_delay: Duration,
     pub queue_capacity: usize,
     pub stream_queue_capacity: usize,
+    /// The share of batches anchored by streams while unary calls also wait (0 to 1).
+    pub stream_share: f64,
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -48,14 +61,18 @@ pub enum JobError {
     DeadlineExceeded,
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("no worker can run: {0}")]
+    Unavailable(String),
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum SubmitError {
     #[error("the queue is full ({capacity} inputs)")]
     QueueFull { capacity: usize },
     #[error("the server is shutting down")]
     Closed,
+    #[error("no worker can run: {0}")]
+    Unavailable(String),
 }
 
 pub type JobResult = Result<Output, JobError>;
@@ -68,6 +85,12 @@ pub struct Stats {
     pub inputs_cancelled: AtomicU64,
     pub inputs_expired: AtomicU64,
     pub requests_rejected: AtomicU64,
+    /// Inputs that failed on the model, alone (after their batch was split down to them).
+    pub inputs_failed: AtomicU64,
+    /// Failed batches that were split in halves to find the failing inputs.
+    pub batches_split: AtomicU64,
+    /// Workers started again after their replica broke or their thread died.
+    pub worker_restarts: AtomicU64,
 }
 
 impl Stats {
@@ -87,6 +110,9 @@ pub struct Job {
     reply: oneshot::Sender<JobResult>,
     deadline: Option<Instant>,
     enqueued: Instant,
+    lane: Lane,
+    /// Whether a broken replica gave it back already; it is not given back twice.
+    requeued: bool,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -99,6 +125,10 @@ impl Job {
     fn is_abandoned(&self) -> bool {
         self.reply.is_closed()
     }
+
+    fn is_expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
 }
 
 /// An input as handed to `submit`.
@@ -107,25 +137,33 @@ pub struct NewJob {
     pub task: Task,
 }
 
-#[derive(Default)]
-struct Queues {
-    interactive: VecDeque<Job>,
-    bulk: VecDeque<Job>,
-    closed: bool,
+/// Queue room for one request's inputs, taken before any work is done for it.
+pub struct Admission {
+    lane: Lane,
+    slots: OwnedSemaphorePermit,
 }
 
-impl Queues {
-    fn len(&self) -> usize {
-        self.interactive.len() + self.bulk.len()
+impl Admission {
+    pub fn lane(&self) -> Lane {
+        self.lane
     }
+}
+
+#[derive(Default)]
+struct State {
+    queues: Queues,
+    closed: bool,
+    /// Why no worker can run, while none can.
+    unavailable: Option<String>,
 }
 
 pub struct Scheduler {
     config: SchedulerConfig,
-    queues: Mutex<Queues>,
+    state: Mutex<State>,
     work_arrived: Notify,
     interactive_slots: Arc<Semaphore>,
-    bulk_slots: Arc<Semaphore>,
+    stream_slots: Arc<Semaphore>,
+    next_stream: AtomicU64,
     stats: Arc<Stats>,
 }
 
@@ -133,10 +171,11 @@ impl Scheduler {
     pub fn new(config: SchedulerConfig, stats: Arc<Stats>) -> Self {
         Scheduler {
             interactive_slots: Arc::new(Semaphore::new(config.queue_capacity)),
-            bulk_slots: Arc::new(Semaphore::new(config.stream_queue_capacity)),
+            stream_slots: Arc::new(Semaphore::new(config.stream_queue_capacity)),
             config,
-            queues: Mutex::default(),
+            state: Mutex::default(),
             work_arrived: Notify::new(),
+            next_stream: AtomicU64::new(0),
             stats,
         }
     }
@@ -149,40 +188,82 @@ impl Scheduler {
         &self.stats
     }
 
-    /// Queues the inputs of one request, all or none, and returns one receiver per input.
-    /// Interactive requests are refused at once when the queue has no room; bulk requests wait.
-    pub async fn submit(
+    /// A new stream's lane.
+    pub fn stream_lane(&self) -> Lane {
+        Lane::Stream(StreamId(self.next_stream.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across a panic that could poison it with broken invariants:
+        // every critical section only moves jobs between queues.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refusal(&self) -> Option<SubmitError> {
+        let state = self.state();
+        if state.closed {
+            Some(SubmitError::Closed)
+        } else {
+            state.unavailable.clone().map(SubmitError::Unavailable)
+        }
+    }
+
+    /// Room for `inputs` inputs of a unary call, now or never.
+    pub fn try_admit(&self, inputs: usize) -> Result<Admission, SubmitError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        let n = inputs.min(self.config.queue_capacity) as u32;
+        match self.interactive_slots.clone().try_acquire_many_owned(n) {
+            Ok(slots) => Ok(Admission {
+                lane: Lane::Interactive,
+                slots,
+            }),
+            Err(TryAcquireError::NoPermits) => {
+                Stats::add(&self.stats.requests_rejected, 1);
+                Err(SubmitError::QueueFull {
+                    capacity: self.config.queue_capacity,
+                })
+            }
+            Err(TryAcquireError::Closed) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Room for `inputs` inputs of a stream's request, waiting for it.
+    pub async fn admit(&self, lane: Lane, inputs: usize) -> Result<Admission, SubmitError> {
+        if let Some(refusal) = self.refusal() {
+            return Err(refusal);
+        }
+        let n = inputs.min(self.config.stream_queue_capacity) as u32;
+        let slots = self
+            .stream_slots
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        Ok(Admission { lane, slots })
+    }
+
+    /// Queues the inputs of one admitted request, all or none, and returns one receiver per
+    /// input. Slots the request turned out not to need are given back.
+    pub fn submit(
         &self,
+        admission: Admission,
         jobs: Vec<NewJob>,
-        priority: Priority,
         deadline: Option<Instant>,
     ) -> Result<Vec<oneshot::Receiver<JobResult>>, SubmitError> {
-        let n = jobs.len() as u32;
-        let mut slots = match priority {
-            Priority::Interactive => {
-                match self.interactive_slots.clone().try_acquire_many_owned(n) {
-                    Ok(slots) => slots,
-                    Err(TryAcquireError::NoPermits) => {
-                        Stats::add(&self.stats.requests_rejected, 1);
-                        return Err(SubmitError::QueueFull {
-                            capacity: self.config.queue_capacity,
-                        });
-                    }
-                    Err(TryAcquireError::Closed) => return Err(SubmitError::Closed),
-                }
-            }
-            Priority::Bulk => self
-                .bulk_slots
-                .clone()
-                .acquire_many_owned(n)
-                .await
-                .map_err(|_| SubmitError::Closed)?,
-        };
+        let Admission { lane, mut slots } = admission;
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        // One slot per input, each freed when its input leaves the queue.
-        let mut per_input: Vec<OwnedSemaphorePermit> = (1..n)
+        if slots.num_permits() < jobs.len() {
+            return Err(SubmitError::QueueFull {
+                capacity: slots.num_permits(),
+            });
+        }
+        // One slot per input, each freed when its input leaves the queue; the last input holds
+        // whatever the request was admitted for beyond that.
+        let mut per_input: Vec<OwnedSemaphorePermit> = (1..jobs.len())
             .map(|_| slots.split(1).expect("a slot per input"))
             .collect();
         per_input.push(slots);
@@ -198,36 +279,109 @@ impl Scheduler {
                 reply: tx,
                 deadline,
                 enqueued: now,
+                lane,
+                requeued: false,
                 _slot: slot,
             });
         }
         {
-            let mut queues = self.queues.lock().expect("queue lock");
-            if queues.closed {
+            let mut state = self.state();
+            if state.closed {
                 return Err(SubmitError::Closed);
             }
-            let queue = match priority {
-                Priority::Interactive => &mut queues.interactive,
-                Priority::Bulk => &mut queues.bulk,
-            };
-            queue.extend(queued);
+            if let Some(reason) = &state.unavailable {
+                return Err(SubmitError::Unavailable(reason.clone()));
+            }
+            for job in queued {
+                state.queues.push(job);
+            }
         }
         self.work_arrived.notify_waiters();
         Ok(receivers)
     }
 
+    /// Gives back the inputs of a batch whose replica broke, ahead of everything queued, for
+    /// another worker. An input given back once already fails instead: it may be what breaks
+    /// replicas.
+    pub fn requeue(&self, jobs: Vec<Job>, reason: &str) {
+        let (again, failed): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| !j.requeued);
+        for job in failed {
+            Stats::add(&self.stats.inputs_failed, 1);
+            job.reply(Err(JobError::Engine(EngineError::Compute(format!(
+                "two model replicas broke while computing it: {reason}"
+            )))));
+        }
+        let mut state = self.state();
+        if let Some(reason) = state.unavailable.clone() {
+            drop(state);
+            for job in again {
+                job.reply(Err(JobError::Unavailable(reason.clone())));
+            }
+            return;
+        }
+        state.queues.push_front(
+            again
+                .into_iter()
+                .map(|mut j| {
+                    j.requeued = true;
+                    j
+                })
+                .collect(),
+        );
+        drop(state);
+        self.work_arrived.notify_waiters();
+    }
+
     /// Stops admission. Queued inputs are still handed out; `next_batch` returns `None` once the
     /// queue is empty.
     pub fn close(&self) {
-        self.queues.lock().expect("queue lock").closed = true;
+        self.state().closed = true;
         self.interactive_slots.close();
-        self.bulk_slots.close();
+        self.stream_slots.close();
         self.work_arrived.notify_waiters();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// Fails every queued input with `error` (at the end of a drain that ran out of time).
+    pub fn fail_queued(&self, error: JobError) {
+        let jobs = self.take_all();
+        for job in jobs {
+            job.reply(Err(error.clone()));
+        }
+    }
+
+    fn take_all(&self) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        self.state().queues.retain(|_| false, |job| jobs.push(job));
+        jobs
+    }
+
+    /// No worker can run: queued inputs fail now with `reason`, and new ones are refused until
+    /// `set_available`.
+    pub fn set_unavailable(&self, reason: String) {
+        let jobs = {
+            let mut state = self.state();
+            state.unavailable = Some(reason.clone());
+            let mut jobs = Vec::new();
+            state.queues.retain(|_| false, |job| jobs.push(job));
+            jobs
+        };
+        for job in jobs {
+            job.reply(Err(JobError::Unavailable(reason.clone())));
+        }
+    }
+
+    /// A worker runs again.
+    pub fn set_available(&self) {
+        self.state().unavailable = None;
     }
 
     /// Inputs queued now.
     pub fn queued(&self) -> usize {
-        self.queues.lock().expect("queue lock").len()
+        self.state().queues.len()
     }
 
     /// The next batch, waiting for work and for company as configured; `None` after `close`
@@ -238,20 +392,18 @@ impl Scheduler {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let wait_until = {
-                let mut queues = self.queues.lock().expect("queue lock");
-                self.drop_dead(&mut queues);
-                if queues.len() == 0 {
-                    if queues.closed {
-                        return None;
+                let mut state = self.state();
+                self.drop_dead(&mut state.queues);
+                match state.queues.oldest_arrival() {
+                    None if state.closed => return None,
+                    None => None,
+                    Some(oldest) => {
+                        let due = oldest + self.config.max_batch_delay;
+                        if state.closed || Instant::now() >= due || self.can_fill(&state.queues) {
+                            return Some(state.queues.take_batch(self.limits()));
+                        }
+                        Some(due)
                     }
-                    None
-                } else {
-                    let oldest = self.anchor_arrival(&queues);
-                    let due = oldest + self.config.max_batch_delay;
-                    if queues.closed || Instant::now() >= due || self.can_fill(&queues) {
-                        return Some(self.take_batch(&mut queues));
-                    }
-                    Some(due)
                 }
             };
             match wait_until {
@@ -266,13 +418,17 @@ impl Scheduler {
         }
     }
 
-    fn anchor_arrival(&self, queues: &Queues) -> Instant {
-        queues
-            .interactive
-            .front()
-            .or(queues.bulk.front())
-            .map(|j| j.enqueued)
-            .expect("not empty")
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_batch_size: self.config.max_batch_size,
+            max_batch_tokens: self.config.max_batch_tokens,
+            // Candidates: enough of the oldest inputs for good length groups. Sorting 1,000
+            // lengths costs microseconds against a forward pass of milliseconds. Measured
+            // (BENCHMARKS.md): streams reached 81-87% of the engine's rate with 4 batches' worth,
+            // 84-90% with 16.
+            window: 16 * self.config.max_batch_size,
+            stream_share: self.config.stream_share,
+        }
     }
 
     /// Whether waiting could not make the next batch any bigger.
@@ -280,111 +436,24 @@ impl Scheduler {
         if queues.len() >= self.config.max_batch_size {
             return true;
         }
-        let tokens: usize = queues
-            .interactive
-            .iter()
-            .chain(queues.bulk.iter())
-            .map(|j| j.tokens.len())
-            .sum();
+        let tokens: usize = queues.all_jobs().map(|j| j.tokens.len()).sum();
         tokens >= self.config.max_batch_tokens
     }
 
     /// Drops inputs nobody waits for any more, and fails those past their deadline.
     fn drop_dead(&self, queues: &mut Queues) {
         let now = Instant::now();
-        for queue in [&mut queues.interactive, &mut queues.bulk] {
-            if !queue
-                .iter()
-                .any(|j| j.is_abandoned() || j.deadline.is_some_and(|d| d <= now))
-            {
-                continue;
-            }
-            for job in std::mem::take(queue) {
+        queues.retain(
+            |job| !job.is_abandoned() && !job.is_expired(now),
+            |job| {
                 if job.is_abandoned() {
                     Stats::add(&self.stats.inputs_cancelled, 1);
-                } else if job.deadline.is_some_and(|d| d <= now) {
+                } else {
                     Stats::add(&self.stats.inputs_expired, 1);
                     job.reply(Err(JobError::DeadlineExceeded));
-                } else {
-                    queue.push_back(job);
                 }
-            }
-        }
-    }
-
-    /// Takes the anchor (the oldest interactive input, else the oldest bulk one) and the queued
-    /// inputs closest to it in length, within the batch limits.
-    fn take_batch(&self, queues: &mut Queues) -> Vec<Job> {
-        // Candidates: the oldest inputs, enough of them for good length groups. Sorting 1,000
-        // lengths costs microseconds against a forward pass of milliseconds. Measured (BENCHMARKS.md):
-        // streams reached 81-87% of the engine's rate with 4 batches' worth, 84-90% with 16.
-        let window = 16 * self.config.max_batch_size;
-        let anchor_interactive = !queues.interactive.is_empty();
-        let from_interactive = queues.interactive.len().min(window);
-        let from_bulk = queues.bulk.len().min(window - from_interactive);
-        // Candidates: (queue, position, length), the anchor first.
-        let mut candidates: Vec<(bool, usize, usize)> =
-            Vec::with_capacity(from_interactive + from_bulk);
-        candidates
-            .extend((0..from_interactive).map(|i| (true, i, queues.interactive[i].tokens.len())));
-        candidates.extend((0..from_bulk).map(|i| (false, i, queues.bulk[i].tokens.len())));
-        let anchor = candidates[0];
-        debug_assert_eq!(anchor.0, anchor_interactive);
-        candidates.sort_by_key(|&(interactive, pos, len)| (len, !interactive, pos));
-        let at = candidates
-            .iter()
-            .position(|c| *c == anchor)
-            .expect("anchor is a candidate");
-
-        // Grow a run of the sorted candidates around the anchor, nearest length first.
-        let (mut lo, mut hi) = (at, at);
-        let fits = |lo: usize, hi: usize| {
-            let count = hi - lo + 1;
-            count <= self.config.max_batch_size
-                && candidates[hi].2 * count <= self.config.max_batch_tokens
-        };
-        loop {
-            let left = (lo > 0 && fits(lo - 1, hi)).then(|| anchor.2 - candidates[lo - 1].2);
-            let right = (hi + 1 < candidates.len() && fits(lo, hi + 1))
-                .then(|| candidates[hi + 1].2 - anchor.2);
-            match (left, right) {
-                (Some(l), Some(r)) if l <= r => lo -= 1,
-                (Some(_), None) => lo -= 1,
-                (_, Some(_)) => hi += 1,
-                (None, None) => break,
-            }
-        }
-
-        let mut chosen_interactive = vec![false; from_interactive];
-        let mut chosen_bulk = vec![false; from_bulk];
-        for &(interactive, pos, _) in &candidates[lo..=hi] {
-            if interactive {
-                chosen_interactive[pos] = true;
-            } else {
-                chosen_bulk[pos] = true;
-            }
-        }
-        let mut batch = Vec::with_capacity(hi - lo + 1);
-        take_chosen(&mut queues.interactive, &chosen_interactive, &mut batch);
-        take_chosen(&mut queues.bulk, &chosen_bulk, &mut batch);
-        batch
-    }
-}
-
-/// Moves the chosen jobs among the first `chosen.len()` of `queue` into `batch`, keeping the
-/// order of the rest.
-fn take_chosen(queue: &mut VecDeque<Job>, chosen: &[bool], batch: &mut Vec<Job>) {
-    let head: Vec<Job> = queue.drain(..chosen.len()).collect();
-    let mut kept = Vec::new();
-    for (job, &take) in head.into_iter().zip(chosen) {
-        if take {
-            batch.push(job);
-        } else {
-            kept.push(job);
-        }
-    }
-    for job in kept.into_iter().rev() {
-        queue.push_front(job);
+            },
+        );
     }
 }
 

@@ -8,14 +8,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use bertd::config::default_model_dir;
-use bertd::engine::{
-    ClassifyOptions, DType, DeviceSpec, EmbedOptions, Engine, EngineInput, Output, Task,
-};
+use bertd::engine::options::{ClassifyRequest, EmbedRequest, OptionError};
+use bertd::engine::{DType, DeviceSpec, Engine, EngineInput, Output, Task};
 use bertd::model::{Model, ModelSpec, Pooling, ScoreActivation};
 use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
 
@@ -27,8 +26,8 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// fp32, or fp16 / bf16 on CUDA.
-    #[arg(long, default_value = "fp32")]
+    /// Precision: fp16 and bf16 need CUDA.
+    #[arg(long, value_enum, default_value_t = DType::F32)]
     dtype: DType,
     /// Intra-op threads for libtorch (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
@@ -59,7 +58,7 @@ pub struct EncodeArgs {
     layer: i64,
     /// Keep only the leading dimensions of each embedding.
     #[arg(long)]
-    dimensions: Option<usize>,
+    dimensions: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -68,7 +67,7 @@ pub struct ClassifyArgs {
     model: ModelArgs,
     /// Only the best K labels.
     #[arg(long)]
-    top_k: Option<usize>,
+    top_k: Option<u64>,
     /// softmax, sigmoid or none; defaults to the model's problem_type.
     #[arg(long)]
     activation: Option<ScoreActivation>,
@@ -100,36 +99,35 @@ fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     })
 }
 
+/// An option the model cannot honour, named as the flag that set it.
+fn option_error(error: OptionError) -> anyhow::Error {
+    match error {
+        OptionError::NoClassifier { .. } => anyhow!("{error}"),
+        _ => anyhow!("--{}: {error}", error.field()),
+    }
+}
+
 pub fn encode(args: EncodeArgs) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.model)?;
-    let spec = loaded.engine.model().spec();
-    let layer = spec.resolve_layer(args.layer).with_context(|| {
-        format!(
-            "--layer {} is outside -{n}..={n}",
-            args.layer,
-            n = spec.num_layers()
-        )
-    })?;
-    let task = Task::Embed(EmbedOptions {
-        pooling: args.pooling.unwrap_or(spec.default_pooling),
-        normalize: args.normalize.unwrap_or(spec.default_normalize),
-        layer,
+    let task = EmbedRequest {
+        pooling: args.pooling,
+        normalize: args.normalize,
+        layer: Some(args.layer),
         dimensions: args.dimensions,
-    });
+    }
+    .resolve(loaded.engine.model().spec())
+    .map_err(option_error)?;
     run(&loaded, &args.model, task)
 }
 
 pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let loaded = load(&args.model)?;
-    let Some(classifier) = &loaded.engine.model().spec().classifier else {
-        bail!(
-            "this model has no classification head (its architectures lack BertForSequenceClassification)"
-        );
-    };
-    let task = Task::Classify(ClassifyOptions {
-        activation: args.activation.unwrap_or(classifier.activation),
+    let task = ClassifyRequest {
+        activation: args.activation,
         top_k: args.top_k,
-    });
+    }
+    .resolve(loaded.engine.model().spec())
+    .map_err(option_error)?;
     run(&loaded, &args.model, task)
 }
 

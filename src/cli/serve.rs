@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
-use bertd::api;
-use bertd::config::{Overrides, Settings};
+use bertd::config::{LogFormat, Overrides, Settings};
+use bertd::engine::{DType, DeviceSpec};
+use bertd::server;
 
 /// Flags override the config file and the environment; every other setting is in the file
 /// (see config/bertd.example.toml) or `BERTD_SECTION__KEY`.
@@ -18,19 +19,19 @@ pub struct ServeArgs {
     config: Option<PathBuf>,
     /// HOST:PORT to listen on (server.addr).
     #[arg(long)]
-    addr: Option<String>,
+    addr: Option<std::net::SocketAddr>,
     /// Model directory (model.dir); defaults to the installed all-MiniLM-L6-v2.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Devices, comma-separated: cpu, cuda, cuda:N (engine.devices).
     #[arg(long, value_delimiter = ',')]
-    devices: Option<Vec<String>>,
+    devices: Option<Vec<DeviceSpec>>,
     /// Workers (model replicas) per device (engine.workers_per_device).
     #[arg(long)]
     workers_per_device: Option<usize>,
-    /// fp32, fp16 or bf16 (engine.dtype).
-    #[arg(long)]
-    dtype: Option<String>,
+    /// Precision (engine.dtype); fp16 and bf16 need CUDA.
+    #[arg(long, value_enum)]
+    dtype: Option<DType>,
     /// libtorch CPU threads, split between CPU workers; 0: all cores (engine.cpu_threads).
     #[arg(long)]
     cpu_threads: Option<usize>,
@@ -46,6 +47,9 @@ pub struct ServeArgs {
     /// Log filter, e.g. info or bertd=debug (log.level).
     #[arg(long)]
     log_level: Option<String>,
+    /// Log lines as text or JSON (log.format).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 impl ServeArgs {
@@ -56,19 +60,24 @@ impl ServeArgs {
                 overrides.push((key, v));
             }
         };
-        set("server.addr", self.addr.clone().map(Into::into));
+        set("server.addr", self.addr.map(|a| a.to_string().into()));
         set(
             "model.dir",
             self.model
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned().into()),
         );
-        set("engine.devices", self.devices.clone().map(Into::into));
+        set(
+            "engine.devices",
+            self.devices
+                .as_ref()
+                .map(|d| d.iter().map(|d| d.to_string()).collect::<Vec<_>>().into()),
+        );
         set(
             "engine.workers_per_device",
             self.workers_per_device.map(|v| (v as u64).into()),
         );
-        set("engine.dtype", self.dtype.clone().map(Into::into));
+        set("engine.dtype", self.dtype.map(|d| d.to_string().into()));
         set(
             "engine.cpu_threads",
             self.cpu_threads.map(|v| (v as u64).into()),
@@ -86,6 +95,16 @@ impl ServeArgs {
             self.max_batch_delay_ms.map(Into::into),
         );
         set("log.level", self.log_level.clone().map(Into::into));
+        set(
+            "log.format",
+            self.log_format.map(|f| {
+                match f {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }
+                .into()
+            }),
+        );
         Ok(Settings::load(self.config.as_deref(), &overrides)?)
     }
 }
@@ -103,25 +122,39 @@ fn init_logging(settings: &Settings) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    if settings.log.format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, as one stream of signals.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
+/// Serves until SIGTERM or SIGINT, then drains: exit 0 after a clean drain. A signal during
+/// start-up stops at once; a second signal during the drain exits at once, with a failure.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     init_logging(&settings)?;
@@ -136,17 +169,24 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut server = api::start(settings).await?;
+        let mut signals = Signals::new().context("installing signal handlers")?;
+        let mut server = server::start(settings).await?;
         tracing::info!(addr = %server.addr, "listening; loading and warming up workers");
         let signalled = tokio::select! {
             ready = server.ready() => { ready?; false }
-            _ = termination() => true,
+            _ = signals.next() => true,
         };
         if !signalled {
-            termination().await;
+            signals.next().await;
         }
         server.shutdown();
-        server.wait().await?;
+        tokio::select! {
+            ended = server.wait() => ended?,
+            _ = signals.next() => {
+                tracing::warn!("a second signal: exiting without waiting for the drain");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

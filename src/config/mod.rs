@@ -23,30 +23,60 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub batching: BatchSettings,
     pub engine: EngineSettings,
+    pub tokenization: TokenizationSettings,
     pub log: LogSettings,
 }
+
+const MIB: usize = 1 << 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Address to listen on.
-    pub addr: String,
+    pub addr: SocketAddr,
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Largest response message sent, in bytes. A request whose response would be larger is
+    /// refused before any work. gRPC clients refuse messages over 4 MiB unless told otherwise.
+    pub max_response_bytes: usize,
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before they are cut.
     pub shutdown_timeout_ms: u64,
     /// Calls (HTTP/2 streams) one connection may have open at once; more wait in the client.
     /// With `batching.stream_window` it bounds what one connection can make the server hold.
     pub max_concurrent_streams: u32,
+    /// Open connections; further clients wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Calls open at once over all connections; past it a call gets RESOURCE_EXHAUSTED at once
+    /// (health checks are exempt, so probes still see the server).
+    pub max_concurrent_calls: usize,
+    /// Longest deadline honoured; a longer `grpc-timeout` is cut to this.
+    pub max_deadline_ms: u64,
+    /// HTTP/2 PING interval on idle connections, to find dead peers; 0 turns it off.
+    pub http2_keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub http2_keepalive_timeout_ms: u64,
+    /// A connection older than this is asked to go away (GOAWAY), so that clients reconnect and
+    /// spread over the servers behind a load balancer; 0 keeps connections for ever.
+    pub max_connection_age_ms: u64,
+    /// How long an aged connection's calls may still take before it is closed.
+    pub max_connection_age_grace_ms: u64,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
-            addr: "127.0.0.1:50051".into(),
-            max_message_bytes: 4 << 20,
+            addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            max_message_bytes: 4 * MIB,
+            max_response_bytes: 4 * MIB,
             shutdown_timeout_ms: 10_000,
             max_concurrent_streams: 256,
+            max_connections: 1_024,
+            max_concurrent_calls: 4_096,
+            max_deadline_ms: 3_600_000,
+            http2_keepalive_interval_ms: 60_000,
+            http2_keepalive_timeout_ms: 20_000,
+            max_connection_age_ms: 0,
+            max_connection_age_grace_ms: 30_000,
         }
     }
 }
@@ -75,6 +105,13 @@ pub struct LimitSettings {
     pub max_input_chars: usize,
     /// Tokens of one input; 0 means the model's maximum length.
     pub max_input_tokens: usize,
+    /// Bytes of a request's `id` (echoed in its response).
+    pub max_id_bytes: usize,
+    /// Bytes that unary calls may hold at once (requests, their tokens and their responses, as
+    /// predicted before any work); past it a call gets RESOURCE_EXHAUSTED at once.
+    pub unary_inflight_bytes: usize,
+    /// Bytes that all streams together may hold at once; past it streams stop reading.
+    pub stream_inflight_bytes: usize,
 }
 
 impl Default for LimitSettings {
@@ -83,6 +120,9 @@ impl Default for LimitSettings {
             max_inputs_per_request: 256,
             max_input_chars: 100_000,
             max_input_tokens: 0,
+            max_id_bytes: 256,
+            unary_inflight_bytes: 256 * MIB,
+            stream_inflight_bytes: 256 * MIB,
         }
     }
 }
@@ -103,6 +143,11 @@ pub struct BatchSettings {
     pub stream_queue_capacity: usize,
     /// Inputs one stream may have in flight (queued, computing or unsent).
     pub stream_window: usize,
+    /// Bytes one stream may hold (requests, tokens and predicted responses, until sent).
+    pub stream_window_bytes: usize,
+    /// The share of batches that go to streams while unary calls also wait (0 to 1): unary
+    /// calls come first, but streams always progress.
+    pub stream_share: f64,
 }
 
 impl Default for BatchSettings {
@@ -114,6 +159,8 @@ impl Default for BatchSettings {
             queue_capacity: 2_048,
             stream_queue_capacity: 4_096,
             stream_window: 512,
+            stream_window_bytes: 16 * MIB,
+            stream_share: 0.25,
         }
     }
 }
@@ -121,25 +168,49 @@ impl Default for BatchSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineSettings {
-    /// Devices to run workers on: "cpu", "cuda", "cuda:N".
-    pub devices: Vec<String>,
+    /// Devices to run workers on.
+    pub devices: Vec<DeviceSpec>,
     /// Workers (model replicas, each on its own thread) per device.
     pub workers_per_device: usize,
     /// fp32, or fp16 / bf16 on CUDA.
-    pub dtype: String,
+    pub dtype: DType,
     /// CPU threads for libtorch, split between CPU workers; 0 means all cores.
     pub cpu_threads: usize,
+    /// First wait before a failed worker is started again; it doubles on each failure in a row.
+    pub restart_backoff_ms: u64,
+    /// Longest wait between restarts of a failing worker.
+    pub max_restart_backoff_ms: u64,
 }
 
 impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
-            devices: vec!["cpu".into()],
+            devices: vec![DeviceSpec(tch::Device::Cpu)],
             workers_per_device: 1,
-            dtype: "fp32".into(),
+            dtype: DType::F32,
             cpu_threads: 0,
+            restart_backoff_ms: 100,
+            max_restart_backoff_ms: 10_000,
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenizationSettings {
+    /// Threads that tokenize (a pool of their own, off the async runtime); 0 means all cores.
+    pub threads: usize,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    #[default]
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -147,15 +218,14 @@ impl Default for EngineSettings {
 pub struct LogSettings {
     /// A tracing filter: "info", "bertd=debug,warn", ...
     pub level: String,
-    /// "text" or "json".
-    pub format: String,
+    pub format: LogFormat,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -205,33 +275,6 @@ impl Settings {
         Ok(settings)
     }
 
-    pub fn addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.addr.parse().map_err(|e| {
-            invalid(
-                "server.addr",
-                format!("{:?} is not HOST:PORT: {e}", self.server.addr),
-            )
-        })
-    }
-
-    pub fn devices(&self) -> Result<Vec<DeviceSpec>, ConfigError> {
-        if self.engine.devices.is_empty() {
-            return Err(invalid("engine.devices", "at least one device is needed"));
-        }
-        self.engine
-            .devices
-            .iter()
-            .map(|d| d.parse().map_err(|e: String| invalid("engine.devices", e)))
-            .collect()
-    }
-
-    pub fn dtype(&self) -> Result<DType, ConfigError> {
-        self.engine
-            .dtype
-            .parse()
-            .map_err(|e: String| invalid("engine.dtype", e))
-    }
-
     pub fn batch_delay(&self) -> Duration {
         Duration::from_millis(self.batching.max_batch_delay_ms)
     }
@@ -240,17 +283,52 @@ impl Settings {
         Duration::from_millis(self.server.shutdown_timeout_ms)
     }
 
+    /// The longest deadline a client may set.
+    pub fn max_deadline(&self) -> Duration {
+        Duration::from_millis(self.server.max_deadline_ms)
+    }
+
+    /// `ms` as a duration, `None` for 0 (off).
+    pub fn optional_ms(ms: u64) -> Option<Duration> {
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// Checks what can be checked without the model.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.addr()?;
-        let dtype = self.dtype()?;
-        for device in self.devices()? {
-            dtype
-                .check_device(device)
+        if self.engine.devices.is_empty() {
+            return Err(invalid("engine.devices", "at least one device is needed"));
+        }
+        for device in &self.engine.devices {
+            self.engine
+                .dtype
+                .check_device(*device)
                 .map_err(|e| invalid("engine.dtype", e))?;
         }
         let positive = [
             ("server.max_message_bytes", self.server.max_message_bytes),
+            ("server.max_response_bytes", self.server.max_response_bytes),
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_concurrent_calls",
+                self.server.max_concurrent_calls,
+            ),
+            (
+                "server.max_deadline_ms",
+                self.server.max_deadline_ms as usize,
+            ),
+            ("limits.max_id_bytes", self.limits.max_id_bytes),
+            (
+                "limits.unary_inflight_bytes",
+                self.limits.unary_inflight_bytes,
+            ),
+            (
+                "limits.stream_inflight_bytes",
+                self.limits.stream_inflight_bytes,
+            ),
+            (
+                "batching.stream_window_bytes",
+                self.batching.stream_window_bytes,
+            ),
             (
                 "server.max_concurrent_streams",
                 self.server.max_concurrent_streams as usize,
@@ -310,12 +388,23 @@ impl Settings {
                 ),
             ));
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
+        if !(0.0..=1.0).contains(&b.stream_share) {
             return Err(invalid(
-                "log.format",
-                format!("{:?}: expected text or json", self.log.format),
+                "batching.stream_share",
+                format!("{} is outside 0..=1", b.stream_share),
             ));
         }
+        if self.engine.restart_backoff_ms > self.engine.max_restart_backoff_ms {
+            return Err(invalid(
+                "engine.restart_backoff_ms",
+                format!(
+                    "{} is larger than engine.max_restart_backoff_ms ({})",
+                    self.engine.restart_backoff_ms, self.engine.max_restart_backoff_ms
+                ),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
         Ok(())
     }
 
@@ -420,15 +509,16 @@ mod tests {
     fn bad_values_name_their_keys() {
         type Edit = Box<dyn Fn(&mut Settings)>;
         let cases: Vec<(&str, Edit)> = vec![
+            ("engine.devices", Box::new(|s| s.engine.devices.clear())),
+            ("engine.dtype", Box::new(|s| s.engine.dtype = DType::F16)),
             (
-                "server.addr",
-                Box::new(|s| s.server.addr = "nowhere".into()),
+                "batching.stream_share",
+                Box::new(|s| s.batching.stream_share = 1.5),
             ),
             (
-                "engine.devices",
-                Box::new(|s| s.engine.devices = vec!["tpu".into()]),
+                "server.max_response_bytes",
+                Box::new(|s| s.server.max_response_bytes = 0),
             ),
-            ("engine.dtype", Box::new(|s| s.engine.dtype = "fp16".into())),
             (
                 "batching.max_batch_size",
                 Box::new(|s| s.batching.max_batch_size = 0),
@@ -437,7 +527,7 @@ mod tests {
                 "batching.queue_capacity",
                 Box::new(|s| s.batching.queue_capacity = 10),
             ),
-            ("log.format", Box::new(|s| s.log.format = "xml".into())),
+            ("log.level", Box::new(|s| s.log.level = "=^=".into())),
         ];
         for (key, edit) in cases {
             let mut s = Settings::default();

@@ -1,11 +1,26 @@
 //! Where a replica runs and in which precision.
 use std::str::FromStr;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tch::{Device, Kind};
 
-/// A device as written in configuration: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+/// A device as written in configuration: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`. Parsed once,
+/// where configuration and flags are read; serialized back in the same words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceSpec(pub Device);
+
+impl Serialize for DeviceSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl FromStr for DeviceSpec {
     type Err = String;
@@ -48,10 +63,17 @@ impl DeviceSpec {
 }
 
 /// The precision of weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum DType {
+    #[default]
+    #[serde(rename = "fp32", alias = "float32")]
+    #[value(name = "fp32", alias = "float32")]
     F32,
+    #[serde(rename = "fp16", alias = "float16")]
+    #[value(name = "fp16", alias = "float16")]
     F16,
+    #[serde(rename = "bf16", alias = "bfloat16")]
+    #[value(name = "bf16", alias = "bfloat16")]
     Bf16,
 }
 
@@ -70,20 +92,6 @@ impl DType {
             return Err(format!("dtype {self} needs a CUDA device; use fp32 on cpu"));
         }
         Ok(())
-    }
-}
-
-impl FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "fp32" | "float32" => Ok(DType::F32),
-            "fp16" | "float16" => Ok(DType::F16),
-            "bf16" | "bfloat16" => Ok(DType::Bf16),
-            other => Err(format!(
-                "unknown dtype {other:?}: expected fp32, fp16 or bf16"
-            )),
-        }
     }
 }
 
@@ -116,6 +124,10 @@ mod tests {
             "cuda:1".parse::<DeviceSpec>().unwrap().to_string(),
             "cuda:1"
         );
+        let parsed: Vec<DeviceSpec> = serde_json::from_str(r#"["cpu", "cuda:2"]"#).unwrap();
+        assert_eq!(parsed[1].0, Device::Cuda(2));
+        let refused = serde_json::from_str::<DeviceSpec>("\"tpu\"").unwrap_err();
+        assert!(refused.to_string().contains("expected cpu, cuda or cuda:N"));
     }
 
     #[test]
@@ -133,8 +145,12 @@ mod tests {
                 .check_device(DeviceSpec(Device::Cuda(0)))
                 .is_ok()
         );
-        assert_eq!("bfloat16".parse::<DType>().unwrap(), DType::Bf16);
-        assert!("int8".parse::<DType>().is_err());
+        use clap::ValueEnum;
+        assert_eq!(DType::from_str("bfloat16", false).unwrap(), DType::Bf16);
+        assert!(DType::from_str("int8", false).is_err());
+        let parsed: DType = serde_json::from_str("\"float16\"").unwrap();
+        assert_eq!(parsed, DType::F16);
+        assert_eq!(serde_json::to_string(&DType::Bf16).unwrap(), "\"bf16\"");
     }
 
     #[test]

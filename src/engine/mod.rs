@@ -1,8 +1,11 @@
-//! The engine: a batch of tokenized inputs in, one output per input out. Padding is done once per
-//! batch, the encoder runs once (up to the deepest layer any input needs), and each input's
-//! result is cut back out. A worker thread owns one `Engine` (tch tensors are not Sync).
+//! The engine: compute only. A batch of tokenized inputs in, one output per input out. Padding
+//! is done once per batch, the encoder runs once (up to the deepest layer any input needs), and
+//! each input's result is cut back out. A worker thread owns one `Engine` (tch tensors are not
+//! Sync); the batch layer drives it through the small `Compute` trait, so its rules for failures
+//! are tested with a fake.
 pub mod device;
-pub mod pool;
+pub mod options;
+pub mod replica;
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -14,6 +17,7 @@ pub use device::{DType, DeviceSpec};
 use crate::model::bert::HiddenStates;
 use crate::model::heads::{l2_normalize, pool as pool_hidden};
 use crate::model::{Model, Pooling, ScoreActivation};
+use crate::panic_message;
 use crate::tokenize::Tokenized;
 
 /// How one input's embedding is made.
@@ -69,14 +73,45 @@ pub enum Output {
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
+    /// One input is not something this model can compute; the rest of its batch can run.
     #[error("input {index}: {reason}")]
     InvalidInput { index: usize, reason: String },
+    /// This batch failed (a libtorch error, a panic, out of memory); the replica is still usable,
+    /// and smaller batches may succeed.
     #[error("the model failed on this batch: {0}")]
     Compute(String),
+    /// The replica cannot compute any more (a sticky device error): its worker must start a new
+    /// one. The batch itself is not at fault.
+    #[error("the model replica is broken: {0}")]
+    Broken(String),
+}
+
+/// What the batch layer needs of a model replica.
+pub trait Compute {
+    /// Checks one input alone, so that a bad input fails by itself before a forward pass.
+    fn check(&self, index: usize, input: &EngineInput) -> Result<(), EngineError>;
+    /// Runs one batch: one output per input, in order.
+    fn run(&self, batch: &[EngineInput]) -> Result<Vec<Output>, EngineError>;
+}
+
+/// libtorch reports CUDA failures that poison the context (an illegal memory access, a device-side
+/// assertion) as "CUDA error: ..."; running out of memory is reported apart and is not sticky.
+fn is_sticky_device_error(message: &str) -> bool {
+    message.contains("CUDA error") && !message.contains("out of memory")
 }
 
 pub struct Engine {
     model: Model,
+}
+
+impl Compute for Engine {
+    fn check(&self, index: usize, input: &EngineInput) -> Result<(), EngineError> {
+        Engine::check(self, index, input)
+    }
+
+    fn run(&self, batch: &[EngineInput]) -> Result<Vec<Output>, EngineError> {
+        Engine::run(self, batch)
+    }
 }
 
 impl Engine {
@@ -139,12 +174,12 @@ impl Engine {
         }
         let _no_grad = tch::no_grad_guard();
         catch_unwind(AssertUnwindSafe(|| self.forward(batch))).map_err(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown libtorch failure".into());
-            EngineError::Compute(message)
+            let message = panic_message(panic.as_ref());
+            if is_sticky_device_error(&message) {
+                EngineError::Broken(message)
+            } else {
+                EngineError::Compute(message)
+            }
         })
     }
 

@@ -1,10 +1,20 @@
 //! Text to token ids with the model's own `tokenizer.json`, truncated to the model's maximum length
 //! exactly as HuggingFace's fast tokenizers do (`truncation=True, max_length=...`), and reporting
 //! whether anything was cut.
+//!
+//! Tokenizing costs time in proportion to the text, however little of it the model sees. For
+//! BERT's own tokenizer (`BertNormalizer`, `BertPreTokenizer`, WordPiece) a long text that will be
+//! truncated is first cut (`precut`) to a prefix that gives the same tokens up to the maximum
+//! length, so 100,000 characters cost what a few thousand do.
+pub mod pool;
+mod precut;
+
 use tokenizers::utils::truncation::{
     TruncationDirection, TruncationParams, TruncationStrategy, truncate_encodings,
 };
-use tokenizers::{Encoding, PostProcessor, Tokenizer};
+use tokenizers::{
+    Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PreTokenizerWrapper, Tokenizer,
+};
 
 use crate::model::{ModelError, ModelSpec};
 
@@ -40,7 +50,8 @@ impl TextInput {
 pub struct Tokenized {
     pub ids: Vec<i64>,
     pub type_ids: Vec<i64>,
-    /// Tokens the input had before truncation, special tokens included.
+    /// Tokens the input had before truncation, special tokens included (for a text that was
+    /// pre-cut, the tokens of the part that was tokenized: more than the maximum length).
     pub original_length: usize,
 }
 
@@ -82,18 +93,29 @@ pub struct TokenInfo {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenizeError {
-    #[error("{tokens} tokens exceed the maximum length of {max} tokens and truncation is off")]
-    TooLong { tokens: usize, max: usize },
+    /// `tokens` is exact, or a lower bound when `at_least` (the text was not tokenized whole).
+    #[error("{}{tokens} tokens exceed the maximum length of {max} tokens and truncation is off", if *at_least { "at least " } else { "" })]
+    TooLong {
+        tokens: usize,
+        max: usize,
+        at_least: bool,
+    },
     #[error("this model has a single segment embedding and cannot take text pairs")]
     PairsUnsupported,
     #[error("tokenizer failed: {0}")]
     Tokenizer(String),
 }
 
+/// Texts refused for their length are counted exactly up to this many times the maximum.
+const EXACT_COUNT_UP_TO: usize = 4;
+
 pub struct BertTokenizer {
     inner: Tokenizer,
     max_length: usize,
     supports_pairs: bool,
+    /// Whether long texts may be cut before tokenizing (BERT's own normalizer, pre-tokenizer
+    /// and model, whose tokens `precut` knows how to bound).
+    precut: bool,
 }
 
 impl BertTokenizer {
@@ -131,18 +153,79 @@ impl BertTokenizer {
                 spec.max_length
             )));
         }
+        let precut = matches!(
+            inner.get_normalizer(),
+            Some(NormalizerWrapper::BertNormalizer(_))
+        ) && matches!(
+            inner.get_pre_tokenizer(),
+            Some(PreTokenizerWrapper::BertPreTokenizer(_))
+        ) && matches!(inner.get_model(), ModelWrapper::WordPiece(_));
         Ok(BertTokenizer {
             inner,
             max_length: spec.max_length,
             supports_pairs: spec.config.type_vocab_size >= 2,
+            precut,
         })
+    }
+
+    /// Whether long texts are cut before tokenizing.
+    pub fn precuts(&self) -> bool {
+        self.precut
+    }
+
+    /// Tokens an input gives at least, special tokens included and within the maximum length,
+    /// found without tokenizing it: a lower bound for predicting response sizes. Only the
+    /// special tokens for a tokenizer whose tokens `precut` cannot bound.
+    pub fn min_tokens(&self, text: &str, pair: Option<&str>) -> usize {
+        let added = self
+            .inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(pair.is_some()));
+        if !self.precut {
+            return added.min(self.max_length);
+        }
+        let cap = self.max_length;
+        let words = precut::tokens_at_least(text, cap)
+            + pair.map_or(0, |p| precut::tokens_at_least(p, cap));
+        (words + added).min(self.max_length)
     }
 
     pub fn max_length(&self) -> usize {
         self.max_length
     }
 
+    /// What the model sees of `input`: truncated (or refused, when `truncate` is false) to the
+    /// maximum length. A long text is pre-cut first where the tokenizer allows it.
     pub fn encode(&self, input: &TextInput, truncate: bool) -> Result<Tokenized, TokenizeError> {
+        if self.precut {
+            // Without truncation the caller is told the exact count, unless the text is far over
+            // the limit: then a lower bound is enough, and the text is not tokenized at all.
+            let keep = if truncate {
+                self.max_length
+            } else {
+                EXACT_COUNT_UP_TO * self.max_length
+            };
+            let first = precut::safe_prefix(&input.text, keep);
+            let pair = input
+                .text_pair
+                .as_deref()
+                .map(|p| (p, precut::safe_prefix(p, keep)));
+            if first.is_some() || pair.is_some_and(|(_, cut)| cut.is_some()) {
+                if !truncate {
+                    return Err(TokenizeError::TooLong {
+                        tokens: keep,
+                        max: self.max_length,
+                        at_least: true,
+                    });
+                }
+                let shortened = TextInput {
+                    text: first.unwrap_or(&input.text).to_string(),
+                    text_pair: pair.map(|(whole, cut)| cut.unwrap_or(whole).to_string()),
+                };
+                let (encoding, original_length) = self.encode_raw(&shortened, truncate)?;
+                return Ok(Tokenized::of(&encoding, original_length));
+            }
+        }
         let (encoding, original_length) = self.encode_raw(input, truncate)?;
         Ok(Tokenized::of(&encoding, original_length))
     }
@@ -200,6 +283,7 @@ impl BertTokenizer {
                 return Err(TokenizeError::TooLong {
                     tokens: original_length,
                     max: self.max_length,
+                    at_least: false,
                 });
             }
             let params = TruncationParams {

@@ -101,8 +101,8 @@ pub mod grpc {
     use std::path::Path;
 
     use bertd::api::proto::bert::v1 as pb;
-    use bertd::api::{ServerHandle, start};
     use bertd::config::Settings;
+    use bertd::server::{ServerHandle, start};
     use tonic::transport::Channel;
 
     pub use pb::classifier_client::ClassifierClient;
@@ -112,7 +112,7 @@ pub mod grpc {
 
     pub fn settings(model: &Path) -> Settings {
         let mut s = Settings::default();
-        s.server.addr = "127.0.0.1:0".into();
+        s.server.addr = "127.0.0.1:0".parse().unwrap();
         s.model.dir = model.to_path_buf();
         s.engine.cpu_threads = 1;
         s.server.shutdown_timeout_ms = 2_000;

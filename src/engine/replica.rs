@@ -1,0 +1,98 @@
+//! Where workers get their model replicas: which device worker N runs on, how many CPU threads
+//! it may use, loading the weights there and warming the replica up, so that the first real
+//! request does not pay for libtorch's lazy initialisation.
+use std::sync::Arc;
+
+use tch::Device;
+
+use super::{DType, DeviceSpec, EmbedOptions, Engine, EngineInput, Task};
+use crate::model::{Model, ModelError, ModelSpec};
+use crate::tokenize::Tokenized;
+
+/// How the replicas of one model are laid out over the devices.
+#[derive(Debug, Clone)]
+pub struct ReplicaPlan {
+    pub spec: Arc<ModelSpec>,
+    pub devices: Vec<DeviceSpec>,
+    pub workers_per_device: usize,
+    pub dtype: DType,
+    /// CPU threads for libtorch, split evenly between CPU workers; 0: all cores.
+    pub cpu_threads: usize,
+    /// Inputs in the warm-up batch.
+    pub warm_up_batch: usize,
+}
+
+impl ReplicaPlan {
+    /// Workers in all.
+    pub fn workers(&self) -> usize {
+        self.devices.len() * self.workers_per_device
+    }
+
+    /// The device of worker `index`.
+    pub fn device(&self, index: usize) -> DeviceSpec {
+        self.devices[index / self.workers_per_device.max(1) % self.devices.len()]
+    }
+
+    /// Every worker's device, in worker order.
+    pub fn worker_devices(&self) -> Vec<DeviceSpec> {
+        (0..self.workers()).map(|i| self.device(i)).collect()
+    }
+
+    fn threads(&self, device: DeviceSpec) -> usize {
+        if device.0 != Device::Cpu {
+            return 1;
+        }
+        let cpu_workers =
+            self.devices.iter().filter(|d| d.0 == Device::Cpu).count() * self.workers_per_device;
+        let cores = match self.cpu_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        (cores / cpu_workers.max(1)).max(1)
+    }
+
+    /// Loads and warms up worker `index`'s replica. Called on the worker's own thread: libtorch's
+    /// thread count is per thread.
+    pub fn load(&self, index: usize) -> Result<Engine, ModelError> {
+        let device = self.device(index);
+        device
+            .check_available()
+            .map_err(|reason| ModelError::Device {
+                device: device.to_string(),
+                reason,
+            })?;
+        let threads = self.threads(device);
+        tch::set_num_threads(threads as i32);
+        let engine = Engine::new(Model::load(self.spec.clone(), device.0, self.dtype.kind())?);
+        warm_up(&engine, self.warm_up_batch).map_err(|e| ModelError::Device {
+            device: device.to_string(),
+            reason: format!("warm-up failed: {e}"),
+        })?;
+        tracing::info!(worker = index, %device, threads, "replica ready");
+        Ok(engine)
+    }
+}
+
+/// One batch at a typical length.
+fn warm_up(engine: &Engine, batch: usize) -> Result<(), super::EngineError> {
+    let spec = engine.model().spec();
+    let len = spec.max_length.min(32);
+    let tokens = Tokenized {
+        ids: vec![0; len],
+        type_ids: vec![0; len],
+        original_length: len,
+    };
+    let task = Task::Embed(EmbedOptions {
+        pooling: spec.default_pooling,
+        normalize: spec.default_normalize,
+        layer: spec.num_layers(),
+        dimensions: None,
+    });
+    let inputs: Vec<EngineInput> = (0..batch.clamp(1, 8))
+        .map(|_| EngineInput {
+            tokens: &tokens,
+            task: &task,
+        })
+        .collect();
+    engine.run(&inputs).map(|_| ())
+}
