@@ -21,21 +21,6 @@ fn pb_input(r: &Value) -> pb::TextInput {
     }
 }
 
-fn encode_request(
-    id: impl Into<String>,
-    inputs: Vec<pb::TextInput>,
-    pooling: pb::Pooling,
-) -> pb::EncodeRequest {
-    pb::EncodeRequest {
-        id: id.into(),
-        inputs,
-        options: Some(pb::EncodeOptions {
-            pooling: pooling as i32,
-            ..Default::default()
-        }),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_encode_equals_transformers_for_many_inputs_in_one_call() {
     let refs = references("bert_tiny");

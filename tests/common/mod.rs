@@ -102,7 +102,7 @@ pub mod grpc {
 
     use bertd::api::proto::bert::v1 as pb;
     use bertd::config::Settings;
-    use bertd::server::{ServerHandle, start};
+    use bertd::server::{Replicas, ServerHandle, start, start_with};
     use tonic::transport::Channel;
 
     pub use pb::classifier_client::ClassifierClient;
@@ -117,6 +117,13 @@ pub mod grpc {
         s.engine.cpu_threads = 1;
         s.server.shutdown_timeout_ms = 2_000;
         s
+    }
+
+    /// A server on `settings` whose workers get their replicas from `replicas`, ready.
+    pub async fn serve_with(settings: Settings, replicas: Replicas) -> ServerHandle {
+        let mut server = start_with(settings, replicas).await.expect("server starts");
+        server.ready().await.expect("workers start");
+        server
     }
 
     /// A server on `settings`, ready (SERVING).
@@ -139,6 +146,36 @@ pub mod grpc {
             text: text.into(),
             text_pair: None,
         }
+    }
+
+    pub fn encode_request(
+        id: impl Into<String>,
+        inputs: Vec<pb::TextInput>,
+        pooling: pb::Pooling,
+    ) -> pb::EncodeRequest {
+        pb::EncodeRequest {
+            id: id.into(),
+            inputs,
+            options: Some(pb::EncodeOptions {
+                pooling: pooling as i32,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// The server's resident memory in bytes, from /proc (a child process's, or this one's).
+    pub fn resident_bytes(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .expect("VmRSS in /proc status");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
     }
 
     pub async fn stats(channel: &Channel) -> pb::Stats {
