@@ -252,7 +252,8 @@ fn a_second_signal_ends_a_slow_drain_at_once_with_a_failure() {
     let lines = stderr_lines(&mut child);
     wait_for_line(&lines, "serving");
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let _call = runtime.block_on(async {
+    // The call stays queued (and its connection open) until the server exits.
+    let (_call, _channel) = runtime.block_on(async {
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -271,7 +272,7 @@ fn a_second_signal_ends_a_slow_drain_at_once_with_a_failure() {
             assert!(started.elapsed() < PATIENCE, "the call is queued");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        call
+        (call.abort_handle(), channel)
     });
     let kill = |signal: &str| {
         let sent = Command::new("kill")
