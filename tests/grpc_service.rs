@@ -382,8 +382,10 @@ async fn a_stream_whose_client_stops_reading_is_held_to_its_window() {
         }
         last = now;
     }
+    // It computed at least a window's worth (it did not stall from the start), and stopped far
+    // short of the whole stream.
     assert!(
-        last < 2_000,
+        (16..2_000).contains(&last),
         "the server stopped at {last} of {total} inputs"
     );
     assert!(

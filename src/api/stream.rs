@@ -5,9 +5,10 @@
 //! from the stream's byte window (`batching.stream_window_bytes`) and from the budget of all
 //! streams (`limits.stream_inflight_bytes`), and room in the queue. Then it starts the request
 //! as its own task (tokenizing and computing in parallel with the others). A writer awaits those
-//! tasks in request order and sends each response; only then does the request give back what it
-//! took. So a client that stops reading stops the reader too, HTTP/2 flow control pushes back on
-//! it, and the server holds at most one window of it, whatever the client does.
+//! tasks in request order and sends each response; only once tonic has taken the response does
+//! the request give back what it took. So a client that stops reading stops the reader too,
+//! HTTP/2 flow control pushes back on it, and the server holds one window of it (and the one
+//! response tonic is encoding), whatever the client does.
 //!
 //! A client that goes away aborts its pending tasks, which drops their queued inputs before they
 //! are computed. When the server drains, the reader stops reading, the requests already taken are
@@ -31,8 +32,8 @@ use crate::batch::budget::{ByteBudget, BytesHeld};
 /// What a stream handler returns to tonic.
 pub type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
 
-/// Responses computed but not yet taken by the transport; the window bounds the rest.
-const SEND_BUFFER: usize = 4;
+/// Responses computed and waiting for tonic to take them; they still count in the windows.
+const SEND_BUFFER: usize = 1;
 
 /// What a refused request holds while its error response waits its turn: its id and message.
 const REFUSAL_BYTES: usize = 1024;
@@ -193,8 +194,9 @@ async fn read<C: Call>(
     let _ = pending.send(Pending::Drained).await;
 }
 
-/// Writer: responses in request order; each request's holdings are given back once its
-/// response is with the transport.
+/// Writer: responses in request order. A request gives back what it holds only once tonic has
+/// taken its response for sending (the channel to tonic holds one response, so room in it
+/// means the one before was taken).
 async fn write<C: Call>(
     mut pending: mpsc::Receiver<Pending<C::Response>>,
     out: mpsc::Sender<Result<C::Response, Status>>,
@@ -202,6 +204,8 @@ async fn write<C: Call>(
     // The last request answered with nothing left to retry before it (in request order).
     let mut resume_after: Option<String> = None;
     let mut in_order = true;
+    // What the response waiting in the channel holds.
+    let mut waiting: Option<Held> = None;
     while let Some(next) = pending.recv().await {
         let (id, answer, held) = match next {
             Pending::Response { id, answer, _held } => (id, answer, _held),
@@ -234,11 +238,13 @@ async fn write<C: Call>(
         if in_order {
             resume_after = Some(id);
         }
-        if out.send(Ok(response)).await.is_err() {
+        let Ok(room) = out.reserve().await else {
             return;
-        }
-        drop(held);
+        };
+        room.send(Ok(response));
+        waiting = Some(held);
     }
+    drop(waiting);
 }
 
 /// The status that ends a stream when the server drains.
