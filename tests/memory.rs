@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use bertd::api::proto::bert::v1 as pb;
 use common::grpc::*;
-use common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
