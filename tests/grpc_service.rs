@@ -832,3 +832,30 @@ async fn a_connection_has_at_most_max_concurrent_streams_calls_open() {
         .unwrap();
     assert_eq!(second.unwrap().into_inner().id, "second");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_each_take_a_whole_stream_window_follow_one_another() {
+    const WINDOW: usize = 4;
+    let mut s = settings(&model_dir("bert_tiny"));
+    s.batching.stream_window = WINDOW;
+    s.limits.max_inputs_per_request = WINDOW;
+    s.batching.queue_capacity = WINDOW;
+    let server = serve(s).await;
+    let requests: Vec<pb::EncodeRequest> = (0..3)
+        .map(|i| {
+            let inputs = (0..WINDOW).map(|_| input("fills the window")).collect();
+            encode_request(i.to_string(), inputs, pb::Pooling::Mean)
+        })
+        .collect();
+    let responses = EncoderClient::new(channel(&server).await)
+        .encode_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap().results.len())
+        .collect::<Vec<_>>();
+    let responses = tokio::time::timeout(Duration::from_secs(30), responses)
+        .await
+        .expect("each request gets the window once the one before has been answered");
+    assert_eq!(responses, [WINDOW; 3]);
+}

@@ -195,8 +195,8 @@ async fn read<C: Call>(
 }
 
 /// Writer: responses in request order. A request gives back what it holds only once tonic has
-/// taken its response for sending (the channel to tonic holds one response, so room in it
-/// means the one before was taken).
+/// taken its response for sending: the channel to tonic holds one response, so the writer sends
+/// into it and then waits for room again, which comes when tonic has taken that response.
 async fn write<C: Call>(
     mut pending: mpsc::Receiver<Pending<C::Response>>,
     out: mpsc::Sender<Result<C::Response, Status>>,
@@ -204,17 +204,18 @@ async fn write<C: Call>(
     // The last request answered with nothing left to retry before it (in request order).
     let mut resume_after: Option<String> = None;
     let mut in_order = true;
-    // What the response waiting in the channel holds.
-    let mut waiting: Option<Held> = None;
+    let Ok(mut room) = out.reserve().await else {
+        return;
+    };
     while let Some(next) = pending.recv().await {
         let (id, answer, held) = match next {
             Pending::Response { id, answer, _held } => (id, answer, _held),
             Pending::Broken(status) => {
-                let _ = out.send(Err(status)).await;
+                room.send(Err(status));
                 return;
             }
             Pending::Drained => {
-                let _ = out.send(Err(drained(resume_after.as_deref()))).await;
+                room.send(Err(drained(resume_after.as_deref())));
                 return;
             }
         };
@@ -238,13 +239,13 @@ async fn write<C: Call>(
         if in_order {
             resume_after = Some(id);
         }
-        let Ok(room) = out.reserve().await else {
-            return;
-        };
         room.send(Ok(response));
-        waiting = Some(held);
+        room = match out.reserve().await {
+            Ok(room) => room,
+            Err(_) => return,
+        };
+        drop(held);
     }
-    drop(waiting);
 }
 
 /// The status that ends a stream when the server drains.
