@@ -77,6 +77,8 @@ impl Model for ModelService {
                 batches_split: Stats::get(&stats.batches_split),
                 worker_restarts: Stats::get(&stats.worker_restarts),
                 workers_running: state.pool_status.borrow().running as u32,
+                bytes_in_flight: (state.budgets.unary.in_use() + state.budgets.streams.in_use())
+                    as u64,
             }),
         }))
     }
