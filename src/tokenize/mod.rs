@@ -197,36 +197,7 @@ impl BertTokenizer {
     /// What the model sees of `input`: truncated (or refused, when `truncate` is false) to the
     /// maximum length. A long text is pre-cut first where the tokenizer allows it.
     pub fn encode(&self, input: &TextInput, truncate: bool) -> Result<Tokenized, TokenizeError> {
-        if self.precut {
-            // Without truncation the caller is told the exact count, unless the text is far over
-            // the limit: then a lower bound is enough, and the text is not tokenized at all.
-            let keep = if truncate {
-                self.max_length
-            } else {
-                EXACT_COUNT_UP_TO * self.max_length
-            };
-            let first = precut::safe_prefix(&input.text, keep);
-            let pair = input
-                .text_pair
-                .as_deref()
-                .map(|p| (p, precut::safe_prefix(p, keep)));
-            if first.is_some() || pair.is_some_and(|(_, cut)| cut.is_some()) {
-                if !truncate {
-                    return Err(TokenizeError::TooLong {
-                        tokens: keep,
-                        max: self.max_length,
-                        at_least: true,
-                    });
-                }
-                let shortened = TextInput {
-                    text: first.unwrap_or(&input.text).to_string(),
-                    text_pair: pair.map(|(whole, cut)| cut.unwrap_or(whole).to_string()),
-                };
-                let (encoding, original_length) = self.encode_raw(&shortened, truncate)?;
-                return Ok(Tokenized::of(&encoding, original_length));
-            }
-        }
-        let (encoding, original_length) = self.encode_raw(input, truncate)?;
+        let (encoding, original_length) = self.encode_raw(input, truncate, self.precut)?;
         Ok(Tokenized::of(&encoding, original_length))
     }
 
@@ -236,7 +207,7 @@ impl BertTokenizer {
         input: &TextInput,
         truncate: bool,
     ) -> Result<(Tokenized, Vec<TokenInfo>), TokenizeError> {
-        let (encoding, original_length) = self.encode_raw(input, truncate)?;
+        let (encoding, original_length) = self.encode_raw(input, truncate, false)?;
         let tokens = (0..encoding.len())
             .map(|i| TokenInfo {
                 id: encoding.get_ids()[i],
@@ -252,27 +223,59 @@ impl BertTokenizer {
 
     /// Encodes without special tokens, measures, truncates (longest first, as HuggingFace does for
     /// pairs) to leave room for the special tokens, then adds them.
-    fn encode_raw(
+    fn encode_raw<'a>(
         &self,
-        input: &TextInput,
+        input: &'a TextInput,
         truncate: bool,
+        precut: bool,
     ) -> Result<(Encoding, usize), TokenizeError> {
         let failed = |e: tokenizers::Error| TokenizeError::Tokenizer(e.to_string());
         if input.text_pair.is_some() && !self.supports_pairs {
             return Err(TokenizeError::PairsUnsupported);
         }
-        let first = self
-            .inner
-            .encode_char_offsets(input.text.as_str(), false)
-            .map_err(failed)?;
-        let second = match &input.text_pair {
-            Some(pair) => Some(
-                self.inner
-                    .encode_char_offsets(pair.as_str(), false)
-                    .map_err(failed)?,
-            ),
+        // Without truncation the caller is told the exact count, unless the text is far over
+        // the limit: then a lower bound is enough, and the text is not tokenized at all.
+        let keep = if truncate {
+            self.max_length
+        } else {
+            EXACT_COUNT_UP_TO * self.max_length
+        };
+        let cut = |text: &'a str| -> Option<&'a str> {
+            if precut {
+                precut::safe_prefix(text, keep)
+            } else {
+                None
+            }
+        };
+        let (mut first_cut, mut pair_cut) =
+            (cut(&input.text), input.text_pair.as_deref().and_then(cut));
+        if !truncate && (first_cut.is_some() || pair_cut.is_some()) {
+            return Err(TokenizeError::TooLong {
+                tokens: keep,
+                max: self.max_length,
+                at_least: true,
+            });
+        }
+        // Truncating a pair keeps more of its longer text: both texts cut, which is the longer
+        // is unknown, so neither is.
+        if first_cut.is_some() && pair_cut.is_some() {
+            (first_cut, pair_cut) = (None, None);
+        }
+        let encode = |text: &str| self.inner.encode_char_offsets(text, false).map_err(failed);
+        let mut first = encode(first_cut.unwrap_or(&input.text))?;
+        let mut second = match &input.text_pair {
+            Some(pair) => Some(encode(pair_cut.unwrap_or(pair))?),
             None => None,
         };
+        // One text of a pair cut: it must still be the longer, or it is tokenized whole.
+        if let (Some(pair), Some(second)) = (&input.text_pair, &mut second) {
+            if first_cut.is_some() && first.len() <= second.len() {
+                first = encode(&input.text)?;
+            }
+            if pair_cut.is_some() && second.len() <= first.len() {
+                *second = encode(pair)?;
+            }
+        }
         let added = self
             .inner
             .get_post_processor()
