@@ -187,12 +187,13 @@ impl Supervisor {
                 Some(Event::Loaded(index)) => {
                     loaded_once[index] = true;
                     failures_in_a_row[index] = 0;
+                    // The scheduler first: whoever sees the status sees a scheduler that agrees.
+                    self.scheduler.set_available();
                     self.status.send_modify(|s| {
                         s.running += 1;
                         s.started |= loaded_once.iter().all(|&l| l);
                         s.unavailable = false;
                     });
-                    self.scheduler.set_available();
                 }
                 Some(Event::LoadFailed(index, reason)) if !loaded_once[index] => {
                     // Start-up failed: nothing to retry, the configuration is at fault.
@@ -244,15 +245,15 @@ impl Supervisor {
             .min(self.config.max_restart_backoff);
         failures_in_a_row[index] = failures_in_a_row[index].saturating_add(1);
         restart_at[index] = Some(Instant::now() + backoff);
-        let mut unavailable = false;
-        self.status.send_modify(|s| {
-            s.last_failure = Some(reason.clone());
-            s.unavailable |= restart_failed && s.running == 0;
-            unavailable = s.unavailable;
-        });
+        let unavailable = restart_failed && self.status.borrow().running == 0;
+        // The scheduler first: whoever sees the status sees a scheduler that agrees.
         if unavailable {
-            self.scheduler.set_unavailable(reason);
+            self.scheduler.set_unavailable(reason.clone());
         }
+        self.status.send_modify(|s| {
+            s.last_failure = Some(reason);
+            s.unavailable |= unavailable;
+        });
     }
 
     fn spawn(&self, index: usize) {
