@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: setup build run test lint bench fixtures clean
+.PHONY: setup build run test lint bench fuzz soak fixtures clean
 
 setup: $(SETUP_STAMP)
 
@@ -40,6 +40,13 @@ lint: setup
 bench: setup
 	cargo bench --bench engine_throughput
 	cargo bench --bench grpc_throughput
+
+## Longer runs of what `make test` runs briefly: 2,000,000 generated requests; a 10-minute soak.
+fuzz: setup
+	BERTD_FUZZ_REQUESTS=2000000 cargo test --release --test fuzz -- --nocapture
+
+soak: setup
+	BERTD_SOAK_SECS=600 cargo test --release --test soak -- --nocapture
 
 ## Regenerate the tiny test models and reference outputs (needs transformers, installed by setup).
 fixtures: setup

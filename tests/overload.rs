@@ -378,3 +378,37 @@ async fn a_stream_gets_its_share_of_batches_under_a_flood_of_unary_calls() {
         "stream of {STREAM_REQUESTS} finished in {batches} batches alongside {unary_inputs} unary inputs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_its_max_age_is_asked_to_go_away_and_closed_after_the_grace() {
+    const AGE: Duration = Duration::from_millis(300);
+    const GRACE: Duration = Duration::from_millis(300);
+    let mut s = tiny();
+    s.server.max_connection_age_ms = AGE.as_millis() as u64;
+    s.server.max_connection_age_grace_ms = GRACE.as_millis() as u64;
+    let server = serve(s).await;
+    let channel = channel(&server).await;
+    // A stream that outlives the age and the grace is cut with its connection...
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(encode_request("0", vec![input("x")], pb::Pooling::Mean))
+        .await
+        .unwrap();
+    let mut open = EncoderClient::new(channel.clone())
+        .encode_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(open.message().await.unwrap().unwrap().id, "0");
+    let cut = tokio::time::timeout(PATIENCE, open.message())
+        .await
+        .expect("the server closes the aged connection");
+    assert!(cut.is_err(), "{cut:?}");
+    // ...and the client reconnects for its next call.
+    let again = encode(
+        &channel,
+        encode_request("1", vec![input("y")], pb::Pooling::Mean),
+    )
+    .await;
+    assert!(again.is_ok(), "{again:?}");
+    drop(tx);
+}
