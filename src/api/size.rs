@@ -55,3 +55,76 @@ pub fn response_bytes(
             .map(|t| result_bytes(spec, task, t))
             .sum::<usize>()
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use prost::Message;
+
+    use super::*;
+    use crate::api::proto::bert::v1 as pb;
+    use crate::engine::{ClassifyOptions, EmbedOptions};
+    use crate::model::ScoreActivation;
+
+    fn spec(name: &str) -> ModelSpec {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name);
+        ModelSpec::load(&dir).unwrap()
+    }
+
+    fn usage(tokens: usize) -> Option<pb::Usage> {
+        Some(pb::Usage {
+            tokens: tokens as u32,
+            truncated: true,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn an_encode_response_is_never_larger_than_predicted(
+            id in "\\PC{0,40}",
+            tokens in prop::collection::vec(1usize..300, 1..20),
+            pooling in prop_oneof![Just(Pooling::Mean), Just(Pooling::Tokens)],
+            dimensions in prop::option::of(1usize..=32),
+            value in any::<f32>(),
+        ) {
+            let spec = spec("bert_tiny");
+            let task = Task::Embed(EmbedOptions { pooling, normalize: false, layer: 1, dimensions });
+            let dim = dimensions.unwrap_or(spec.hidden_size());
+            let results = tokens.iter().map(|&t| {
+                let mut result = pb::EncodeResult { usage: usage(t), ..Default::default() };
+                if pooling == Pooling::Tokens {
+                    result.token_embeddings = vec![pb::Vector { values: vec![value; dim] }; t];
+                } else {
+                    result.embedding = vec![value; dim];
+                }
+                result
+            }).collect();
+            let response = pb::EncodeResponse { id: id.clone(), results, error: None };
+            prop_assert!(response.encoded_len() <= response_bytes(&spec, &task, &id, tokens.iter().copied()));
+        }
+
+        #[test]
+        fn a_classify_response_is_never_larger_than_predicted(
+            id in "\\PC{0,40}",
+            inputs in 1usize..20,
+            top_k in prop::option::of(0usize..5),
+        ) {
+            let spec = spec("classifier_single");
+            let labels = &spec.classifier.as_ref().unwrap().labels;
+            let task = Task::Classify(ClassifyOptions { activation: ScoreActivation::Softmax, top_k });
+            let shown = top_k.unwrap_or(labels.len()).min(labels.len());
+            let result = pb::ClassifyResult {
+                labels: labels.iter().take(shown).enumerate().map(|(index, label)| pb::LabelScore {
+                    label: label.clone(),
+                    score: 0.5,
+                    index: index as u32,
+                }).collect(),
+                usage: usage(48),
+            };
+            let response = pb::ClassifyResponse { id: id.clone(), results: vec![result; inputs], error: None };
+            prop_assert!(response.encoded_len() <= response_bytes(&spec, &task, &id, std::iter::repeat_n(48, inputs)));
+        }
+    }
+}
