@@ -793,20 +793,7 @@ async fn a_connection_has_at_most_max_concurrent_streams_calls_open() {
     let server = serve(s).await;
     let channel = channel(&server).await;
     // The first call holds the connection's only stream open: its client has not finished sending.
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(encode_request(
-        "first",
-        vec![input("one")],
-        pb::Pooling::Mean,
-    ))
-    .await
-    .unwrap();
-    let mut first = EncoderClient::new(channel.clone())
-        .encode_stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(first.message().await.unwrap().unwrap().id, "first");
+    let (tx, mut first) = open_stream(&channel).await;
     let second = tokio::spawn({
         let channel = channel.clone();
         async move {

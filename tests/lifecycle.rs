@@ -258,12 +258,7 @@ fn invalid_configuration_stops_start_up_naming_the_key() {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = bertd()
         .args([
             "serve",

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bertd::api::proto::bert::v1 as pb;
+use common::free_addr;
 use common::grpc::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,12 +37,7 @@ impl Drop for Server {
 
 /// The real binary on the default model (384 dimensions: large token embeddings).
 fn start() -> (Server, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bertd"))
         .env_clear()
         // Batches of at most 16 inputs: the warm-up reaches the largest batch shape, so libtorch's

@@ -216,20 +216,7 @@ async fn calls_over_the_concurrency_cap_are_shed_at_once_and_health_still_answer
     let server = serve(s).await;
     let channel = channel(&server).await;
     // A stream holds the only place while it is open.
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(encode_request(
-        "first",
-        vec![input("one")],
-        pb::Pooling::Mean,
-    ))
-    .await
-    .unwrap();
-    let mut open = EncoderClient::new(channel.clone())
-        .encode_stream(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(open.message().await.unwrap().unwrap().id, "first");
+    let (tx, mut open) = open_stream(&channel).await;
     let shed = encode(
         &channel,
         encode_request("shed", vec![input("two")], pb::Pooling::Mean),

@@ -21,12 +21,7 @@ fn a_python_client_generated_from_the_proto_works() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     assert!(python.exists(), "make setup installs grpcio into .venv");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let _server = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_bertd"))
             .args([

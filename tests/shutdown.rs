@@ -230,12 +230,7 @@ fn wait_for_line(lines: &Receiver<String>, needle: &str) {
 
 #[test]
 fn a_second_signal_ends_a_slow_drain_at_once_with_a_failure() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bertd"))
         .env_clear()
         .args(["serve", "--addr", &addr, "--model"])

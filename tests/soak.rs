@@ -78,6 +78,14 @@ fn expected() -> Expected {
     Expected { texts, embeddings }
 }
 
+/// What every client shares.
+#[derive(Clone)]
+struct Ctx {
+    expected: Arc<Expected>,
+    counts: Arc<Counts>,
+    stop: CancellationToken,
+}
+
 #[derive(Default)]
 struct Counts {
     calls: AtomicU64,
@@ -111,13 +119,12 @@ fn verify(expected: &Expected, request: &pb::EncodeRequest, response: &pb::Encod
     }
 }
 
-async fn unary_client(
-    channel: Channel,
-    expected: Arc<Expected>,
-    counts: Arc<Counts>,
-    stop: CancellationToken,
-    seed: usize,
-) {
+async fn unary_client(channel: Channel, ctx: Ctx, seed: usize) {
+    let Ctx {
+        expected,
+        counts,
+        stop,
+    } = ctx;
     let mut client = EncoderClient::new(channel);
     let mut i = seed * 1_000_003;
     while !stop.is_cancelled() {
@@ -131,13 +138,12 @@ async fn unary_client(
 }
 
 /// Streams of 200 requests, read in full, one after another.
-async fn stream_client(
-    channel: Channel,
-    expected: Arc<Expected>,
-    counts: Arc<Counts>,
-    stop: CancellationToken,
-    seed: usize,
-) {
+async fn stream_client(channel: Channel, ctx: Ctx, seed: usize) {
+    let Ctx {
+        expected,
+        counts,
+        stop,
+    } = ctx;
     let mut round = 0;
     while !stop.is_cancelled() {
         let requests: Vec<pb::EncodeRequest> = (0..200)
@@ -165,13 +171,12 @@ async fn stream_client(
 }
 
 /// Streams that send 100 requests, read 10 responses and leave.
-async fn cancelling_client(
-    channel: Channel,
-    expected: Arc<Expected>,
-    counts: Arc<Counts>,
-    stop: CancellationToken,
-    seed: usize,
-) {
+async fn cancelling_client(channel: Channel, ctx: Ctx, seed: usize) {
+    let Ctx {
+        expected,
+        counts,
+        stop,
+    } = ctx;
     let mut round = 0;
     while !stop.is_cancelled() {
         let requests: Vec<pb::EncodeRequest> = (0..100)
@@ -193,13 +198,12 @@ async fn cancelling_client(
 }
 
 /// A stream whose client reads one response every few milliseconds.
-async fn slow_reader(
-    channel: Channel,
-    expected: Arc<Expected>,
-    counts: Arc<Counts>,
-    stop: CancellationToken,
-    seed: usize,
-) {
+async fn slow_reader(channel: Channel, ctx: Ctx, seed: usize) {
+    let Ctx {
+        expected,
+        counts,
+        stop,
+    } = ctx;
     let (tx, rx) = mpsc::channel(4);
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
     let feeder = tokio::spawn({
@@ -236,12 +240,12 @@ async fn slow_reader(
 }
 
 /// Unary calls of 8 inputs with deadlines of a few milliseconds: some run out, which is expected.
-async fn deadline_client(
-    channel: Channel,
-    expected: Arc<Expected>,
-    counts: Arc<Counts>,
-    stop: CancellationToken,
-) {
+async fn deadline_client(channel: Channel, ctx: Ctx, _seed: usize) {
+    let Ctx {
+        expected,
+        counts,
+        stop,
+    } = ctx;
     let mut client = EncoderClient::new(channel);
     let mut i = 0usize;
     while !stop.is_cancelled() {
@@ -286,48 +290,32 @@ async fn many_mixed_clients_for_a_while_get_exact_results_and_leave_nothing_behi
         next += 1;
         connections[next % connections.len()].clone()
     };
+    let ctx = Ctx {
+        expected: expected.clone(),
+        counts: counts.clone(),
+        stop: stop.clone(),
+    };
     for seed in 0..UNARY_CLIENTS {
-        clients.push(tokio::spawn(unary_client(
-            connection(),
-            expected.clone(),
-            counts.clone(),
-            stop.clone(),
-            seed,
-        )));
+        clients.push(tokio::spawn(unary_client(connection(), ctx.clone(), seed)));
     }
     for seed in 0..STREAM_CLIENTS {
-        clients.push(tokio::spawn(stream_client(
-            connection(),
-            expected.clone(),
-            counts.clone(),
-            stop.clone(),
-            seed,
-        )));
+        clients.push(tokio::spawn(stream_client(connection(), ctx.clone(), seed)));
     }
     for seed in 0..CANCELLING_CLIENTS {
         clients.push(tokio::spawn(cancelling_client(
             connection(),
-            expected.clone(),
-            counts.clone(),
-            stop.clone(),
+            ctx.clone(),
             seed,
         )));
     }
     for seed in 0..SLOW_READERS {
-        clients.push(tokio::spawn(slow_reader(
-            connection(),
-            expected.clone(),
-            counts.clone(),
-            stop.clone(),
-            seed,
-        )));
+        clients.push(tokio::spawn(slow_reader(connection(), ctx.clone(), seed)));
     }
-    for _ in 0..DEADLINE_CLIENTS {
+    for seed in 0..DEADLINE_CLIENTS {
         clients.push(tokio::spawn(deadline_client(
             connection(),
-            expected.clone(),
-            counts.clone(),
-            stop.clone(),
+            ctx.clone(),
+            seed,
         )));
     }
 

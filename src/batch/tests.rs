@@ -506,17 +506,31 @@ fn pool_config() -> PoolConfig {
     }
 }
 
+fn start_pool(s: &Arc<Scheduler>, replicas: &Arc<Replicas>) -> WorkerPool {
+    WorkerPool::start(
+        pool_config(),
+        replicas.loader(),
+        s.clone(),
+        tokio::runtime::Handle::current(),
+    )
+}
+
+/// Closes the scheduler and checks that the pool ends.
+async fn close(s: &Scheduler, pool: WorkerPool) {
+    s.close();
+    let joined = tokio::task::spawn_blocking(move || pool.join(SUPERVISION_TIMEOUT));
+    assert!(
+        joined.await.unwrap(),
+        "the pool ends once the scheduler is closed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_replica_breaks_is_restarted_and_its_inputs_answered() {
     let s = Arc::new(scheduler(big()));
     let replicas = Replicas::new();
     replicas.break_next.store(true, Ordering::SeqCst);
-    let mut pool = WorkerPool::start(
-        pool_config(),
-        replicas.loader(),
-        s.clone(),
-        tokio::runtime::Handle::current(),
-    );
+    let mut pool = start_pool(&s, &replicas);
     pool.ready().await.unwrap();
     let receivers = submit(
         &s,
@@ -535,12 +549,7 @@ async fn a_worker_whose_replica_breaks_is_restarted_and_its_inputs_answered() {
     }
     assert_eq!(Stats::get(&s.stats().worker_restarts), 1);
     assert_eq!(replicas.loads.load(Ordering::SeqCst), 2);
-    s.close();
-    assert!(
-        tokio::task::spawn_blocking(move || pool.join(SUPERVISION_TIMEOUT))
-            .await
-            .unwrap()
-    );
+    close(&s, pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -548,12 +557,7 @@ async fn with_no_worker_running_inputs_fail_fast_until_a_worker_is_back() {
     let s = Arc::new(scheduler(big()));
     let replicas = Replicas::new();
     replicas.break_next.store(true, Ordering::SeqCst);
-    let mut pool = WorkerPool::start(
-        pool_config(),
-        replicas.loader(),
-        s.clone(),
-        tokio::runtime::Handle::current(),
-    );
+    let mut pool = start_pool(&s, &replicas);
     pool.ready().await.unwrap();
     let mut status = pool.status();
     replicas.refuse_loads.store(true, Ordering::SeqCst);
@@ -587,12 +591,7 @@ async fn with_no_worker_running_inputs_fail_fast_until_a_worker_is_back() {
         Ok(Output::Embedding(vec![9.0]))
     );
     assert!(replicas.loads.load(Ordering::SeqCst) >= 3);
-    s.close();
-    assert!(
-        tokio::task::spawn_blocking(move || pool.join(SUPERVISION_TIMEOUT))
-            .await
-            .unwrap()
-    );
+    close(&s, pool).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,12 +599,7 @@ async fn start_up_fails_with_the_first_worker_that_cannot_load() {
     let s = Arc::new(scheduler(big()));
     let replicas = Replicas::new();
     replicas.refuse_loads.store(true, Ordering::SeqCst);
-    let mut pool = WorkerPool::start(
-        pool_config(),
-        replicas.loader(),
-        s.clone(),
-        tokio::runtime::Handle::current(),
-    );
+    let mut pool = start_pool(&s, &replicas);
     assert_eq!(pool.ready().await, Err("no device".to_string()));
     assert_eq!(replicas.loads.load(Ordering::SeqCst), 1, "not retried");
     assert!(s.is_closed());

@@ -156,15 +156,14 @@ pub async fn start_with(
     settings: Settings,
     replicas: Replicas,
 ) -> Result<ServerHandle, ServeError> {
-    settings.validate()?;
     let addr = settings.server.addr;
+    let parts = Parts::load(settings, replicas)?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     let addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let parts = Parts::load(settings, replicas)?;
     let stats = parts.stats.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let (phase_tx, phase) = watch::channel(Phase::Starting);

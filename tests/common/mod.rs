@@ -76,6 +76,16 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// A loopback address with a port free now, for a server started as a child process.
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// A writable copy of a fixture model, for tests that damage it.
 pub fn copy_model(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -176,6 +186,31 @@ pub mod grpc {
             .and_then(|v| v.parse().ok())
             .expect("VmRSS in kB");
         kib * 1024
+    }
+
+    /// A stream whose first request has been answered and whose client has not finished
+    /// sending, so the call stays open; dropping the sender ends it.
+    pub async fn open_stream(
+        channel: &Channel,
+    ) -> (
+        tokio::sync::mpsc::Sender<pb::EncodeRequest>,
+        tonic::Streaming<pb::EncodeResponse>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(encode_request(
+            "first",
+            vec![input("one")],
+            pb::Pooling::Mean,
+        ))
+        .await
+        .unwrap();
+        let mut responses = EncoderClient::new(channel.clone())
+            .encode_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(responses.message().await.unwrap().unwrap().id, "first");
+        (tx, responses)
     }
 
     pub async fn stats(channel: &Channel) -> pb::Stats {
