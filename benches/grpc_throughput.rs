@@ -6,6 +6,10 @@
 //! machine's cores with it, as a co-located client would).
 //! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200), `--cpu-threads N`
 //! (the server's engine.cpu_threads; default: all cores).
+//!
+//! Last, mixed load: a stream of 512 sentences (16 a message) while one client sends one short
+//! text at a time (its latency), then while four clients flood unary calls of 16 sentences, for
+//! three values of `batching.stream_share` (how the share divides the server).
 use std::time::{Duration, Instant};
 
 use bertd::api::proto::bert::v1 as pb;
@@ -117,10 +121,85 @@ async fn latency(channel: Channel, calls: usize) -> (Duration, Duration) {
     (times[calls / 2], times[calls * 99 / 100])
 }
 
+/// A bulk stream, `flooders_count` unary clients that flood the server and one that measures
+/// latency, all at once. Returns the stream's and the flood's inputs/s and the latency client's
+/// p50 and p99.
+async fn mixed(
+    channel: Channel,
+    texts: &[String],
+    flooders_count: usize,
+) -> (f64, f64, Duration, Duration) {
+    const PER_CALL: usize = 16;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut flooders = Vec::new();
+    for f in 0..flooders_count {
+        let (channel, stop) = (channel.clone(), stop.clone());
+        let texts: Vec<String> = texts.to_vec();
+        flooders.push(tokio::spawn(async move {
+            let mut client = EncoderClient::new(channel);
+            let mut inputs = 0;
+            let mut i = f * 997;
+            while !stop.is_cancelled() {
+                let request = pb::EncodeRequest {
+                    id: i.to_string(),
+                    inputs: (0..PER_CALL)
+                        .map(|k| pb::TextInput {
+                            text: texts[(i + k) % texts.len()].clone(),
+                            text_pair: None,
+                        })
+                        .collect(),
+                    options: None,
+                };
+                client.encode(request).await.unwrap();
+                inputs += PER_CALL;
+                i += PER_CALL;
+            }
+            inputs
+        }));
+    }
+    let latency_client = tokio::spawn({
+        let (channel, stop) = (channel.clone(), stop.clone());
+        async move {
+            let mut client = EncoderClient::new(channel);
+            let mut times = Vec::new();
+            while !stop.is_cancelled() {
+                let request = pb::EncodeRequest {
+                    id: "latency".into(),
+                    inputs: vec![pb::TextInput {
+                        text: LATENCY_TEXT.into(),
+                        text_pair: None,
+                    }],
+                    options: None,
+                };
+                let start = Instant::now();
+                client.encode(request).await.unwrap();
+                times.push(start.elapsed());
+            }
+            times.sort();
+            (times[times.len() / 2], times[times.len() * 99 / 100])
+        }
+    });
+    let start = Instant::now();
+    let stream_rate = stream_rate(channel, texts, PER_CALL).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.cancel();
+    let mut flooded = 0;
+    for flooder in flooders {
+        flooded += flooder.await.unwrap();
+    }
+    let (p50, p99) = latency_client.await.unwrap();
+    (stream_rate, flooded as f64 / elapsed, p50, p99)
+}
+
 async fn start_server(delay_ms: u64) -> (bertd::server::ServerHandle, Channel) {
+    start_with(delay_ms, Settings::default().batching.stream_share).await
+}
+
+async fn start_with(delay_ms: u64, stream_share: f64) -> (bertd::server::ServerHandle, Channel) {
     let mut settings = Settings::default();
     settings.server.addr = "127.0.0.1:0".parse().unwrap();
     settings.batching.max_batch_delay_ms = delay_ms;
+    settings.batching.stream_share = stream_share;
     if let Some(threads) = arg("--cpu-threads") {
         settings.engine.cpu_threads = threads;
     }
@@ -182,5 +261,30 @@ fn main() {
         );
         server.shutdown();
         server.wait().await.unwrap();
+
+        let bulk = &texts[..texts.len().min(512)];
+        println!();
+        println!("| a bulk stream and one interactive client | stream inputs/s | short unary call p50 | p99 |");
+        println!("|---|---|---|---|");
+        let (mut server, channel) = start_server(0).await;
+        let (stream, _, p50, p99) = mixed(channel, bulk, 0).await;
+        println!(
+            "| default settings | {stream:.0} | {:.2} ms | {:.2} ms |",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
+        server.shutdown();
+        server.wait().await.unwrap();
+
+        println!();
+        println!("| a bulk stream under a flood of 4 unary clients: stream_share | stream inputs/s | unary flood inputs/s |");
+        println!("|---|---|---|");
+        for share in [0.1, 0.25, 0.5] {
+            let (mut server, channel) = start_with(0, share).await;
+            let (stream, flood, _, _) = mixed(channel, bulk, 4).await;
+            println!("| {share} | {stream:.0} | {flood:.0} |");
+            server.shutdown();
+            server.wait().await.unwrap();
+        }
     });
 }

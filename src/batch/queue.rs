@@ -5,7 +5,9 @@
 //! - A batch grows around an anchor: the oldest unary input, or, for the configured share of
 //!   batches while unary calls also wait, the oldest input of the stream whose turn it is.
 //! - Around the anchor it takes the queued inputs nearest in length (padding is wasted work),
-//!   within the batch limits, from a window of candidates drawn from every lane in turn.
+//!   within the batch limits, from a window of candidates: unary inputs only for a unary batch
+//!   (so a short call never waits for a batch filled with stream inputs), every lane in turn for
+//!   a stream's batch.
 use std::collections::VecDeque;
 
 use super::{Job, StreamId};
@@ -136,9 +138,13 @@ impl Queues {
             .collect();
         let mut candidates: Vec<(Source, usize, usize)> = Vec::new();
         let mut depth = 0;
+        // A unary batch holds unary inputs only: on a CPU a batch costs about its tokens, and a
+        // short call should not wait for a batch filled up with a stream's inputs. A stream's
+        // batch takes unary inputs of similar length too: they are served sooner.
+        let sources = if stream_anchor { lanes.len() } else { 1 };
         while candidates.len() < limits.window {
             let before = candidates.len();
-            for (source, lane) in lanes.iter().enumerate() {
+            for (source, lane) in lanes.iter().enumerate().take(sources) {
                 if let Some(job) = lane.get(depth)
                     && candidates.len() < limits.window
                 {

@@ -115,6 +115,31 @@ async fn unary_inputs_go_before_older_stream_inputs() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_unary_batch_is_not_filled_with_stream_inputs_but_a_stream_batch_takes_unary_ones() {
+    let s = scheduler(SchedulerConfig {
+        max_batch_size: 8,
+        stream_share: 0.5,
+        stream_queue_capacity: 16,
+        ..config()
+    });
+    let lane = s.stream_lane();
+    let _bulk = submit(&s, lane, (0..6).map(|_| job(4)).collect(), None)
+        .await
+        .unwrap();
+    let _unary = submit(&s, Lane::Interactive, vec![job(4), job(4), job(4)], None)
+        .await
+        .unwrap();
+    let unary_batch = s.next_batch().await.unwrap();
+    assert!(unary_batch.iter().all(|j| j.lane == Lane::Interactive));
+    assert_eq!(unary_batch.len(), 3);
+    let _more_unary = submit(&s, Lane::Interactive, vec![job(4)], None)
+        .await
+        .unwrap();
+    let stream_batch = s.next_batch().await.unwrap();
+    assert_eq!(stream_batch.len(), 7, "six stream inputs and the unary one");
+}
+
+#[tokio::test(start_paused = true)]
 async fn streams_anchor_their_share_of_batches_while_unary_calls_wait() {
     const BATCHES: usize = 8;
     let share = 0.25;
