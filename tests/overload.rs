@@ -399,3 +399,51 @@ async fn a_connection_past_its_max_age_is_asked_to_go_away_and_closed_after_the_
     assert!(again.is_ok(), "{again:?}");
     drop(tx);
 }
+
+/// Opens a raw TCP connection that speaks HTTP/2's preface and then never reads or answers
+/// anything, as a peer that vanished would; true when the server closed it within `within`.
+async fn closed_by_server(server: &bertd::server::ServerHandle, within: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    socket
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    // Never answer: read (and drop) whatever comes until the server closes, or time runs out.
+    let mut buffer = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    const WATCH: Duration = Duration::from_secs(2);
+    let mut s = tiny();
+    s.server.http2_keepalive_interval_ms = 200;
+    s.server.http2_keepalive_timeout_ms = 200;
+    let with_keepalive = serve(s).await;
+    assert!(
+        closed_by_server(&with_keepalive, WATCH).await,
+        "an unanswered PING closes the connection"
+    );
+    let mut s = tiny();
+    s.server.http2_keepalive_interval_ms = 0;
+    let without = serve(s).await;
+    assert!(
+        !closed_by_server(&without, WATCH).await,
+        "without keepalive the same peer stays connected"
+    );
+}
