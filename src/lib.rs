@@ -3,14 +3,16 @@
 //! A request flows one way: `api` (the gRPC edge: handlers, validation, status codes) → `batch`
 //! (admission, the queue and its scheduler, the workers' loop that runs batches and replies) →
 //! `engine` (compute only: a batch in, outputs out) → `model` (BERT on libtorch). `server` wires
-//! them together and owns the server's life; `tokenize` (text to ids) and `config` (what the
-//! operator chose) stand beside. A lower layer never imports a higher one.
+//! them together and owns the server's life; `tokenize` (text to ids), `config` (what the
+//! operator chose) and `telemetry` (logs, traces, metrics) stand beside. A lower layer never
+//! imports a higher one.
 pub mod api;
 pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod model;
 pub mod server;
+pub mod telemetry;
 pub mod tokenize;
 
 /// A panic's message, for an error that says what happened.

@@ -43,6 +43,8 @@ struct ClassifyCall;
 impl Call for ClassifyCall {
     type Request = pb::ClassifyRequest;
     type Response = pb::ClassifyResponse;
+    const SERVICE: &str = "bert.v1.Classifier";
+    const STREAM_METHOD: &str = "ClassifyStream";
 
     fn id(request: &pb::ClassifyRequest) -> &str {
         &request.id

@@ -46,6 +46,8 @@ struct EncodeCall;
 impl Call for EncodeCall {
     type Request = pb::EncodeRequest;
     type Response = pb::EncodeResponse;
+    const SERVICE: &str = "bert.v1.Encoder";
+    const STREAM_METHOD: &str = "EncodeStream";
 
     fn id(request: &pb::EncodeRequest) -> &str {
         &request.id

@@ -21,7 +21,6 @@ impl Model for ModelService {
         let state = &self.state;
         let spec = &state.spec;
         let s = &state.settings;
-        let stats = state.scheduler.stats();
         Ok(Response::new(pb::ModelInfo {
             name: spec.name.clone(),
             architecture: spec
@@ -66,20 +65,26 @@ impl Model for ModelService {
                 stream_inflight_bytes: s.limits.stream_inflight_bytes as u64,
                 stream_share: s.batching.stream_share,
             }),
-            stats: Some(pb::Stats {
-                inputs_computed: Stats::get(&stats.inputs_computed),
-                batches: Stats::get(&stats.batches),
-                inputs_cancelled: Stats::get(&stats.inputs_cancelled),
-                inputs_expired: Stats::get(&stats.inputs_expired),
-                requests_rejected: Stats::get(&stats.requests_rejected),
-                inputs_queued: state.scheduler.queued() as u64,
-                inputs_failed: Stats::get(&stats.inputs_failed),
-                batches_split: Stats::get(&stats.batches_split),
-                worker_restarts: Stats::get(&stats.worker_restarts),
-                workers_running: state.pool_status.borrow().running as u32,
-                bytes_in_flight: (state.budgets.unary.in_use() + state.budgets.streams.in_use())
-                    as u64,
-            }),
+            stats: Some(stats(state)),
         }))
+    }
+}
+
+/// The counters since start and the state now, as GetInfo reports them; the metrics endpoint
+/// encodes the same values.
+pub fn stats(state: &AppState) -> pb::Stats {
+    let stats = state.scheduler.stats();
+    pb::Stats {
+        inputs_computed: Stats::get(&stats.inputs_computed),
+        batches: Stats::get(&stats.batches),
+        inputs_cancelled: Stats::get(&stats.inputs_cancelled),
+        inputs_expired: Stats::get(&stats.inputs_expired),
+        requests_rejected: Stats::get(&stats.requests_rejected),
+        inputs_queued: state.scheduler.queued() as u64,
+        inputs_failed: Stats::get(&stats.inputs_failed),
+        batches_split: Stats::get(&stats.batches_split),
+        worker_restarts: Stats::get(&stats.worker_restarts),
+        workers_running: state.pool_status.borrow().running as u32,
+        bytes_in_flight: (state.budgets.unary.in_use() + state.budgets.streams.in_use()) as u64,
     }
 }

@@ -26,10 +26,12 @@ use crate::batch::budget::ByteBudget;
 use crate::batch::pool::PoolStatus;
 use crate::config::Settings;
 use crate::model::ModelSpec;
+use crate::telemetry::metrics::RpcMetrics;
 use crate::tokenize::BertTokenizer;
 use crate::tokenize::pool::TokenizePool;
 pub use error::ApiError;
 pub use health::DrainingHealth;
+pub use info::stats;
 use proto::bert::v1::classifier_server::ClassifierServer;
 use proto::bert::v1::encoder_server::EncoderServer;
 use proto::bert::v1::model_server::ModelServer;
@@ -64,6 +66,7 @@ pub struct AppState {
     pub pool_status: watch::Receiver<PoolStatus>,
     /// Cancelled when the server starts to drain: streams stop reading and end.
     pub draining: CancellationToken,
+    pub metrics: Arc<RpcMetrics>,
 }
 
 /// The bert.v1 services, each with its message size limits.

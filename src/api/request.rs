@@ -11,6 +11,7 @@ use std::sync::Arc;
 use prost::Message;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::AppState;
 use super::deadline::deadline;
@@ -28,6 +29,9 @@ use crate::tokenize::{TextInput, Tokenized};
 pub trait Call: Send + Sync + 'static {
     type Request: Message + Send + 'static;
     type Response: Send + 'static;
+    /// The gRPC service and its streaming method, as metrics name them.
+    const SERVICE: &'static str;
+    const STREAM_METHOD: &'static str;
 
     fn id(request: &Self::Request) -> &str;
     fn inputs(request: &Self::Request) -> &[pb::TextInput];
@@ -213,6 +217,8 @@ pub async fn execute<C: Call>(
     drop(request);
 
     let tokenizer = state.tokenizer.clone();
+    let started = std::time::Instant::now();
+    let tokenize_span = tracing::info_span!("tokenize", bertd.inputs = inputs.len());
     let tokenized: Vec<Tokenized> = state
         .tokenize_pool
         .run(move || {
@@ -226,8 +232,13 @@ pub async fn execute<C: Call>(
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
+        .instrument(tokenize_span)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??;
+    state
+        .metrics
+        .tokenize
+        .observe(started.elapsed().as_secs_f64());
 
     let max_response = state.settings.server.max_response_bytes;
     let bytes = size::response_bytes(&state.spec, &task, &id, tokenized.iter().map(|t| t.len()));

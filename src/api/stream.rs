@@ -15,6 +15,10 @@
 //! answered, and the stream ends with UNAVAILABLE naming the last request answered in order
 //! (in the message and in the `bertd-resume-after-bin` trailer), so the client knows where to
 //! resume elsewhere.
+//!
+//! Tracing: the call's span covers the stream; each request message gets a `message` span under
+//! it (the parent of its tokenizing and queueing), up to `telemetry.max_spans_per_stream`
+//! messages, after which requests are traced through the call's span alone.
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -23,6 +27,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
+
+use crate::telemetry::metrics::MethodLabels;
 
 use super::AppState;
 use super::error::ApiError;
@@ -85,15 +92,32 @@ pub fn ordered<C: Call>(
     let window = state.settings.batching.stream_window;
     let (out_tx, out_rx) = mpsc::channel::<Result<C::Response, Status>>(SEND_BUFFER);
     let (pending_tx, pending_rx) = mpsc::channel::<Pending<C::Response>>(window);
-    tokio::spawn(read::<C>(
-        state,
-        inbound,
-        deadline,
-        pending_tx,
-        out_tx.clone(),
-    ));
-    tokio::spawn(write::<C>(pending_rx, out_tx));
+    let labels = MethodLabels {
+        service: C::SERVICE.into(),
+        method: C::STREAM_METHOD.into(),
+    };
+    let metrics = &state.metrics;
+    let sent = metrics.messages_sent.get_or_create_owned(&labels);
+    metrics.streams.inc();
+    let open = OpenStream(metrics.streams.clone());
+    tokio::spawn(read::<C>(state, inbound, deadline, pending_tx, out_tx.clone()).in_current_span());
+    tokio::spawn(
+        async move {
+            write::<C>(pending_rx, out_tx, sent).await;
+            drop(open);
+        }
+        .in_current_span(),
+    );
     ReceiverStream::new(out_rx)
+}
+
+/// Counts a stream as open until dropped.
+struct OpenStream(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Reader: takes messages as the windows, the budget and the queue allow.
@@ -113,6 +137,15 @@ async fn read<C: Call>(
     );
     let lane = state.scheduler.stream_lane();
     let draining = state.draining.clone();
+    let received = state
+        .metrics
+        .messages_received
+        .get_or_create_owned(&MethodLabels {
+            service: C::SERVICE.into(),
+            method: C::STREAM_METHOD.into(),
+        });
+    let max_spans = settings.telemetry.max_spans_per_stream;
+    let mut index: usize = 0;
     loop {
         let message = tokio::select! {
             biased;
@@ -130,8 +163,15 @@ async fn read<C: Call>(
                 return;
             }
         };
+        received.inc();
+        let span = if index < max_spans {
+            tracing::info_span!("message", bertd.message = index)
+        } else {
+            tracing::Span::current()
+        };
+        index += 1;
         let id = echoed_id(C::id(&request), settings.limits.max_id_bytes);
-        let checked = check::<C>(&state, request);
+        let checked = span.in_scope(|| check::<C>(&state, request));
         let (inputs, bytes) = match &checked {
             Ok(c) => (c.inputs(), c.cost),
             Err(_) => (1, REFUSAL_BYTES),
@@ -173,11 +213,14 @@ async fn read<C: Call>(
                     Ok(admission) => {
                         let state = state.clone();
                         let task_id = id.clone();
-                        Answer::Running(AbortOnDrop(tokio::spawn(async move {
-                            execute(state, checked, admission, deadline)
-                                .await
-                                .unwrap_or_else(|e| C::failed(task_id, e.to_rpc_status()))
-                        })))
+                        Answer::Running(AbortOnDrop(tokio::spawn(
+                            async move {
+                                execute(state, checked, admission, deadline)
+                                    .await
+                                    .unwrap_or_else(|e| C::failed(task_id, e.to_rpc_status()))
+                            }
+                            .instrument(span),
+                        )))
                     }
                 }
             }
@@ -200,6 +243,7 @@ async fn read<C: Call>(
 async fn write<C: Call>(
     mut pending: mpsc::Receiver<Pending<C::Response>>,
     out: mpsc::Sender<Result<C::Response, Status>>,
+    sent: prometheus_client::metrics::counter::Counter,
 ) {
     // The last request answered with nothing left to retry before it (in request order).
     let mut resume_after: Option<String> = None;
@@ -240,6 +284,7 @@ async fn write<C: Call>(
             resume_after = Some(id);
         }
         room.send(Ok(response));
+        sent.inc();
         room = match out.reserve().await {
             Ok(room) => room,
             Err(_) => return,

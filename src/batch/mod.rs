@@ -25,7 +25,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, oneshot};
 use tokio::time::Instant;
 
+use tracing::Span;
+
 use crate::engine::{EngineError, Output, Task};
+use crate::telemetry::metrics::{BatchMetrics, LaneLabels};
 use crate::tokenize::Tokenized;
 use queue::{BatchLimits, Queues};
 
@@ -77,9 +80,16 @@ pub enum SubmitError {
 
 pub type JobResult = Result<Output, JobError>;
 
-/// Counters since start, read by Model.GetInfo and by tests.
+/// What the batch layer measures since start: counters read by Model.GetInfo, by the metrics
+/// endpoint (the same atomics, see `server::metrics`) and by tests, and the histograms of queue
+/// waits and batches.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Real (unpadded) tokens of the inputs computed.
+    pub tokens_computed: AtomicU64,
+    /// Workers running a batch now.
+    pub busy_workers: AtomicU64,
+    pub histograms: BatchMetrics,
     pub inputs_computed: AtomicU64,
     pub batches: AtomicU64,
     pub inputs_cancelled: AtomicU64,
@@ -101,6 +111,10 @@ impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
+
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// One input waiting for, or in, a batch.
@@ -113,6 +127,10 @@ pub struct Job {
     lane: Lane,
     /// Whether a broken replica gave it back already; it is not given back twice.
     requeued: bool,
+    /// The span of the request it belongs to; its batch links to it.
+    pub span: Span,
+    /// The request's `queue` span, which ends when the last of its inputs leaves the queue.
+    queued: Span,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -268,6 +286,9 @@ impl Scheduler {
             .collect();
         per_input.push(slots);
         let now = Instant::now();
+        // Called within the request's span: the queue span is its child, and its inputs carry it.
+        let span = Span::current();
+        let queue_span = tracing::info_span!("queue", bertd.inputs = jobs.len());
         let mut receivers = Vec::with_capacity(jobs.len());
         let mut queued = Vec::with_capacity(jobs.len());
         for (job, slot) in jobs.into_iter().zip(per_input) {
@@ -281,6 +302,8 @@ impl Scheduler {
                 enqueued: now,
                 lane,
                 requeued: false,
+                span: span.clone(),
+                queued: queue_span.clone(),
                 _slot: slot,
             });
         }
@@ -400,7 +423,9 @@ impl Scheduler {
                     Some(oldest) => {
                         let due = oldest + self.config.max_batch_delay;
                         if state.closed || Instant::now() >= due || self.can_fill(&state.queues) {
-                            return Some(state.queues.take_batch(self.limits()));
+                            let batch = state.queues.take_batch(self.limits());
+                            drop(state);
+                            return Some(self.leave_queue(batch));
                         }
                         Some(due)
                     }
@@ -416,6 +441,31 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// Inputs taken for a batch leave the queue: their wait is measured and their request's
+    /// queue span ends with the last of them.
+    fn leave_queue(&self, mut batch: Vec<Job>) -> Vec<Job> {
+        let now = Instant::now();
+        let waits = &self.stats.histograms.queue_wait;
+        let unary = waits.get_or_create_owned(&LaneLabels { lane: "unary" });
+        let stream = waits.get_or_create_owned(&LaneLabels { lane: "stream" });
+        for job in &mut batch {
+            let waited = now.saturating_duration_since(job.enqueued).as_secs_f64();
+            match job.lane {
+                Lane::Interactive => unary.observe(waited),
+                Lane::Stream(_) => stream.observe(waited),
+            }
+            job.queued = Span::none();
+        }
+        batch
+    }
+
+    /// Inputs queued now: (unary, streams).
+    pub fn queued_by_lane(&self) -> (usize, usize) {
+        let state = self.state();
+        let unary = state.queues.interactive.len();
+        (unary, state.queues.len() - unary)
     }
 
     fn limits(&self) -> BatchLimits {

@@ -32,7 +32,8 @@ pub type LoadReplica = Arc<dyn Fn(usize) -> Result<Box<dyn Compute>, String> + S
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    pub workers: usize,
+    /// Each worker's device (`cpu`, `cuda:0`, ...): one worker each.
+    pub devices: Vec<String>,
     pub restart_backoff: Duration,
     pub max_restart_backoff: Duration,
 }
@@ -144,7 +145,7 @@ struct Supervisor {
 
 impl Supervisor {
     fn run(self) {
-        let workers = self.config.workers;
+        let workers = self.config.devices.len();
         for index in 0..workers {
             self.spawn(index);
         }
@@ -257,6 +258,7 @@ impl Supervisor {
     }
 
     fn spawn(&self, index: usize) {
+        let device = self.config.devices[index].clone();
         let (load, scheduler, runtime, events) = (
             self.load.clone(),
             self.scheduler.clone(),
@@ -280,7 +282,7 @@ impl Supervisor {
                 };
                 let _ = events.send(Event::Loaded(index));
                 let exit = catch_unwind(AssertUnwindSafe(|| {
-                    work(replica.as_ref(), &scheduler, &runtime)
+                    work(replica.as_ref(), &scheduler, &runtime, &device)
                 }))
                 .unwrap_or_else(|panic| {
                     WorkerExit::Broken(format!(

@@ -372,7 +372,7 @@ async fn run_tagged(
     let receivers = submit(s, Lane::Interactive, jobs, None).await.unwrap();
     let batch = s.next_batch().await.unwrap();
     assert_eq!(batch.len(), n);
-    let outcome = run_batch(compute, s, batch);
+    let outcome = run_batch(compute, s, batch, "cpu");
     let mut results = Vec::new();
     for rx in receivers {
         results.push(match rx.await {
@@ -477,7 +477,7 @@ async fn a_broken_replica_gives_its_inputs_back_and_stops_its_worker() {
         .unwrap();
     let batch = s.next_batch().await.unwrap();
     assert_eq!(
-        run_batch(&engine, &s, batch),
+        run_batch(&engine, &s, batch, "cpu"),
         Err("device lost".to_string())
     );
     assert_eq!(s.queued(), 2, "both inputs wait for another worker");
@@ -525,7 +525,7 @@ const SUPERVISION_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn pool_config() -> PoolConfig {
     PoolConfig {
-        workers: 1,
+        devices: vec!["cpu".into()],
         restart_backoff: Duration::from_millis(10),
         max_restart_backoff: Duration::from_millis(50),
     }

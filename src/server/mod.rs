@@ -14,6 +14,7 @@
 //! - **end**: `Ok` after a drain, an error when start-up or the transport failed.
 mod calls;
 mod incoming;
+mod metrics;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ use crate::config::{ConfigError, Settings};
 use crate::engine::Compute;
 use crate::engine::replica::ReplicaPlan;
 use crate::model::{ModelError, ModelSpec};
+use crate::telemetry::metrics::RpcMetrics;
+use crate::telemetry::rpc::{Methods, Observe};
 use crate::tokenize::BertTokenizer;
 use crate::tokenize::pool::TokenizePool;
 
@@ -59,6 +62,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("reading the served descriptors: {0}")]
+    Descriptors(#[from] prost::DecodeError),
     #[error("the server was stopped before it was ready")]
     StoppedBeforeReady,
     #[error("the server's life ended in a panic: {0}")]
@@ -91,6 +96,9 @@ pub fn engine_replicas() -> Replicas {
 pub struct ServerHandle {
     /// Where it listens (the real port when 0 was asked for).
     pub addr: SocketAddr,
+    /// Where /metrics is served, when `telemetry.metrics_addr` is set (the real port when 0 was
+    /// asked for).
+    pub metrics_addr: Option<SocketAddr>,
     pub stats: Arc<Stats>,
     stop: Option<oneshot::Sender<()>>,
     phase: watch::Receiver<Phase>,
@@ -157,13 +165,12 @@ pub async fn start_with(
     replicas: Replicas,
 ) -> Result<ServerHandle, ServeError> {
     let addr = settings.server.addr;
-    let parts = Parts::load(settings, replicas)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let mut parts = Parts::load(settings, replicas)?;
+    let listener = bind(addr).await?;
     let addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
+    let metrics_addr = parts.bind_metrics().await?;
     let stats = parts.stats.clone();
     let (stop, stopped) = oneshot::channel::<()>();
     let (phase_tx, phase) = watch::channel(Phase::Starting);
@@ -177,6 +184,7 @@ pub async fn start_with(
     ));
     Ok(ServerHandle {
         addr,
+        metrics_addr,
         stats,
         stop: Some(stop),
         phase,
@@ -191,6 +199,13 @@ pub struct Parts {
     tokenizer: Arc<BertTokenizer>,
     stats: Arc<Stats>,
     replicas: Replicas,
+    metrics: Option<TcpListener>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 impl Parts {
@@ -207,7 +222,30 @@ impl Parts {
             tokenizer,
             stats: Arc::new(Stats::default()),
             replicas,
+            metrics: None,
         })
+    }
+
+    /// Binds the metrics endpoint's listener, when `telemetry.metrics_addr` is set (`run` does
+    /// it otherwise); returns where it listens.
+    pub async fn bind_metrics(&mut self) -> Result<Option<SocketAddr>, ServeError> {
+        if self.metrics.is_none()
+            && let Some(addr) = self.settings.telemetry.metrics_addr
+        {
+            self.metrics = Some(bind(addr).await?);
+        }
+        self.metrics
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(|source| ServeError::Bind {
+                addr: self
+                    .settings
+                    .telemetry
+                    .metrics_addr
+                    .unwrap_or(self.settings.server.addr),
+                source,
+            })
     }
 }
 
@@ -225,13 +263,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     phase: watch::Sender<Phase>,
 ) -> Result<(), ServeError> {
+    let mut parts = parts;
+    parts.bind_metrics().await?;
     let Parts {
         settings,
         spec,
         tokenizer,
         stats,
         replicas,
+        metrics: metrics_listener,
     } = parts;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: settings.server.addr,
+        source,
+    })?;
     let b = &settings.batching;
     let scheduler = Arc::new(Scheduler::new(
         SchedulerConfig {
@@ -252,14 +297,14 @@ pub async fn run(
         cpu_threads: settings.engine.cpu_threads,
         warm_up_batch: b.max_batch_size,
     };
-    let devices = plan
+    let devices: Vec<String> = plan
         .worker_devices()
         .iter()
         .map(|d| d.to_string())
         .collect();
     let mut pool = WorkerPool::start(
         PoolConfig {
-            workers: plan.workers(),
+            devices: devices.clone(),
             restart_backoff: Duration::from_millis(settings.engine.restart_backoff_ms),
             max_restart_backoff: Duration::from_millis(settings.engine.max_restart_backoff_ms),
         },
@@ -292,7 +337,19 @@ pub async fn run(
         devices,
         pool_status: pool.status(),
         draining: draining.clone(),
+        metrics: Arc::new(RpcMetrics::default()),
     });
+    let stop_metrics = CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let registry = Arc::new(metrics::registry(&state));
+        tokio::spawn(crate::telemetry::metrics::serve(
+            listener,
+            registry,
+            stop_metrics.clone(),
+        ));
+    }
+    // Stops the metrics endpoint however `run` ends.
+    let _stop_metrics = stop_metrics.drop_guard();
 
     let (reporter, health_service) = health(&draining);
     let has_classifier = spec.classifier.is_some();
@@ -313,7 +370,13 @@ pub async fn run(
             .max_connection_age(age)
             .max_connection_age_grace(Duration::from_millis(server.max_connection_age_grace_ms));
     }
+    let methods = Methods::from_descriptor_sets(&[
+        api::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ])?;
     let router = builder
+        .layer(Observe::new(state.metrics.clone(), methods, local))
         .layer(calls::CallLimit::new(server.max_concurrent_calls))
         .layer(OversizeIsResourceExhausted)
         .add_routes(api::routes(&state))

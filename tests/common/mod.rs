@@ -10,6 +10,8 @@ use bertd::engine::Engine;
 use bertd::model::{Model, ModelSpec};
 use bertd::tokenize::BertTokenizer;
 
+pub mod otlp;
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
