@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::grpc::{encode_request, input};
@@ -74,6 +74,43 @@ async fn wait_serving(addr: &str) -> Channel {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `bertd serve` on `addr` with the tiny model and `env` alone as its environment.
+fn spawn_server(addr: &str, extra_args: &[&str], env: &[(&str, String)]) -> Child {
+    let model = model_dir("bert_tiny");
+    let mut args = vec!["serve", "--addr", addr, "--model", model.to_str().unwrap()];
+    args.extend_from_slice(extra_args);
+    Command::new(env!("CARGO_BIN_EXE_bertd"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGTERM, then the exit (which must be a success) within a bound; returns what it logged.
+fn stop_server(mut server: Child) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(exit) = server.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(started.elapsed() < EXIT_TIMEOUT, "exits after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(exit.success(), "{exit}: {stderr}");
+    stderr
 }
 
 struct Spans(Vec<Received>);
@@ -172,29 +209,19 @@ fn a_clients_trace_continues_through_the_server_down_to_the_forward_pass() {
     let (receiver, collector) = runtime.block_on(Receiver::start());
     let addr = free_addr();
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
-        .args([
-            "serve",
-            "--addr",
-            &addr,
-            "--model",
-            model_dir("bert_tiny").to_str().unwrap(),
-            "--log-format",
-            "json",
-        ])
-        .env_clear()
-        .env(
-            "BERTD_TELEMETRY__OTLP_ENDPOINT",
-            format!("http://{collector}"),
-        )
-        // Nothing is exported on a timer during the test: what arrives, the stop flushed.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
-        .env("K8S_POD_NAME", "bertd-0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = spawn_server(
+        &addr,
+        &["--log-format", "json"],
+        &[
+            (
+                "BERTD_TELEMETRY__OTLP_ENDPOINT",
+                format!("http://{collector}"),
+            ),
+            // Nothing is exported on a timer during the test: what arrives, the stop flushed.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000".into()),
+            ("K8S_POD_NAME", "bertd-0".into()),
+        ],
+    );
 
     runtime.block_on(async {
         let channel = wait_serving(&addr).await;
@@ -236,22 +263,7 @@ fn a_clients_trace_continues_through_the_server_down_to_the_forward_pass() {
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     });
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = std::time::Instant::now();
-    let exit = loop {
-        if let Some(exit) = server.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < EXIT_TIMEOUT, "exits after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(exit.success(), "{exit}: {stderr}");
+    let stderr = stop_server(server);
     assert!(!stderr.contains(MARKER), "no input text in the logs");
 
     let spans = Spans(receiver.spans());
@@ -315,25 +327,17 @@ fn an_unreachable_collector_costs_one_warning_and_no_call() {
     let nothing_listens = free_addr();
     let addr = free_addr();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
-        .args([
-            "serve",
-            "--addr",
-            &addr,
-            "--model",
-            model_dir("bert_tiny").to_str().unwrap(),
-        ])
-        .env_clear()
-        .env(
-            "BERTD_TELEMETRY__OTLP_ENDPOINT",
-            format!("http://{nothing_listens}"),
-        )
-        .env("OTEL_BSP_SCHEDULE_DELAY", EXPORT_EVERY_MS)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let server = spawn_server(
+        &addr,
+        &[],
+        &[
+            (
+                "BERTD_TELEMETRY__OTLP_ENDPOINT",
+                format!("http://{nothing_listens}"),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY", EXPORT_EVERY_MS.into()),
+        ],
+    );
     runtime.block_on(async {
         let mut encoder = EncoderClient::new(wait_serving(&addr).await);
         for call in 0..CALLS_WHILE_UNREACHABLE {
@@ -347,22 +351,7 @@ fn an_unreachable_collector_costs_one_warning_and_no_call() {
                 .expect("calls are served while the collector is down");
         }
     });
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = std::time::Instant::now();
-    let exit = loop {
-        if let Some(exit) = server.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < EXIT_TIMEOUT, "exits after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert!(exit.success(), "{exit}: {stderr}");
+    let stderr = stop_server(server);
     let warnings = stderr.matches("exporting spans failed").count();
     assert_eq!(
         warnings, 1,
@@ -380,4 +369,38 @@ fn an_unreachable_collector_costs_one_warning_and_no_call() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("a failure count in {summary}"));
     assert!(failures >= 1, "{summary}");
+}
+
+#[test]
+fn traces_travel_over_http_protobuf_too_with_the_standard_environment_variables() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (receiver, collector) = runtime.block_on(Receiver::start_http());
+    let addr = free_addr();
+    let server = spawn_server(
+        &addr,
+        &[],
+        &[
+            // The standard variables, where the config says nothing: a base URL, to which the
+            // exporter adds /v1/traces, and the service's name.
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+            ("BERTD_TELEMETRY__OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_SERVICE_NAME", "embeddings-eu".into()),
+        ],
+    );
+    runtime.block_on(async {
+        let mut encoder = EncoderClient::new(wait_serving(&addr).await);
+        encoder
+            .encode(traced(
+                encode_request("over-http", vec![input("words")], pb::Pooling::Mean),
+                UNARY_TRACE,
+                UNARY_PARENT,
+            ))
+            .await
+            .unwrap();
+    });
+    stop_server(server);
+    let spans = Spans(receiver.spans());
+    let unary = spans.server_span(UNARY_TRACE, UNARY_PARENT);
+    assert_eq!(unary.name, "bert.v1.Encoder/Encode");
+    assert_eq!(spans.0[0].resource["service.name"], "embeddings-eu");
 }

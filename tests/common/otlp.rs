@@ -35,8 +35,17 @@ impl TraceService for Receiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.keep(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Receiver {
+    fn keep(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.spans.lock().unwrap();
-        for resource_spans in request.into_inner().resource_spans {
+        for resource_spans in request.resource_spans {
             let resource = attributes(
                 &resource_spans
                     .resource
@@ -52,13 +61,8 @@ impl TraceService for Receiver {
                 }
             }
         }
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
     }
-}
 
-impl Receiver {
     /// Starts a receiver on an ephemeral loopback port; returns it and its address.
     pub async fn start() -> (Receiver, SocketAddr) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -70,6 +74,54 @@ impl Receiver {
                 .add_service(service)
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
+        (receiver, addr)
+    }
+
+    /// Starts a receiver of OTLP over HTTP with protobuf bodies (`POST /v1/traces`).
+    pub async fn start_http() -> (Receiver, SocketAddr) {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let receiver = Receiver::default();
+        let accepting = receiver.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let receiver = accepting.clone();
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let receiver = receiver.clone();
+                        async move {
+                            let path_ok = request.uri().path() == "/v1/traces";
+                            let body = request.into_body().collect().await?.to_bytes();
+                            let status = match ExportTraceServiceRequest::decode(body) {
+                                Ok(export) if path_ok => {
+                                    receiver.keep(export);
+                                    200
+                                }
+                                _ => 400,
+                            };
+                            let reply = ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec();
+                            let mut response = hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(reply),
+                            ));
+                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, hyper::Error>(response)
+                        }
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
         (receiver, addr)
     }
 
