@@ -1,28 +1,54 @@
 //! A Python client (grpcio, stubs generated from proto/ in the test) encodes, classifies, streams,
-//! tokenizes and checks health against the real `bertd serve`.
+//! tokenizes and checks health against the real `bertd serve`, and its OpenTelemetry trace
+//! continues in the server's spans, received by a real OTLP receiver in this process.
 mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
+use common::otlp::{Receiver, hex};
 use common::*;
 
-struct KillOnDrop(Child);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct KillOnDrop(Option<Child>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl KillOnDrop {
+    /// SIGTERM, and the exit within a bound: the server flushes its spans on the way out.
+    fn stop(mut self) {
+        let mut child = self.0.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < EXIT_TIMEOUT, "exits after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
 #[test]
-fn a_python_client_generated_from_the_proto_works() {
+fn a_python_client_generated_from_the_proto_works_and_its_trace_continues() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".venv/bin/python");
     assert!(python.exists(), "make setup installs grpcio into .venv");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (receiver, collector) = runtime.block_on(Receiver::start());
     let addr = free_addr();
-    let _server = KillOnDrop(
+    let server = KillOnDrop(Some(
         Command::new(env!("CARGO_BIN_EXE_bertd"))
             .args([
                 "serve",
@@ -32,11 +58,15 @@ fn a_python_client_generated_from_the_proto_works() {
                 model_dir("classifier_single").to_str().unwrap(),
             ])
             .env_clear()
+            .env(
+                "BERTD_TELEMETRY__OTLP_ENDPOINT",
+                format!("http://{collector}"),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
-    );
+    ));
     // The client waits until the server reports SERVING.
     let out = Command::new(&python)
         .arg(root.join("tests/python/client_test.py"))
@@ -49,5 +79,19 @@ fn a_python_client_generated_from_the_proto_works() {
         out.status.success(),
         "python client failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("8 passed, 0 failed"), "{stdout}");
+    assert!(stdout.contains("9 passed, 0 failed"), "{stdout}");
+    server.stop();
+
+    let (trace, parent) = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("TRACE "))
+        .and_then(|ids| ids.split_once(' '))
+        .unwrap_or_else(|| panic!("the client printed its trace: {stdout}"));
+    let continued: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|r| hex(&r.span.trace_id) == trace && hex(&r.span.parent_span_id) == parent)
+        .collect();
+    assert_eq!(continued.len(), 1, "one server span continues the client's");
+    assert_eq!(continued[0].span.name, "bert.v1.Encoder/Encode");
 }

@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_tools import protoc
+from opentelemetry import propagate
+from opentelemetry.sdk.trace import TracerProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = ROOT / "proto"
@@ -150,6 +152,20 @@ def main():
             for service in ["", "bert.v1.Encoder", "bert.v1.Classifier"]:
                 status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
                 check(status == health_pb2.HealthCheckResponse.SERVING, f"{service!r}: {status}")
+            passed += 1
+
+            # Tracing: OpenTelemetry's own SDK injects the W3C trace context into the call's
+            # metadata; the test that runs this checks that the server's span continues it.
+            tracer = TracerProvider().get_tracer("bertd-python-client")
+            with tracer.start_as_current_span("client-encode") as span:
+                carrier = {}
+                propagate.inject(carrier)
+                check("traceparent" in carrier, carrier)
+                enc_grpc.EncoderStub(channel).Encode(
+                    enc.EncodeRequest(id="traced", inputs=[common.TextInput(text="traced call")]),
+                    metadata=list(carrier.items()))
+                context = span.get_span_context()
+                print(f"TRACE {context.trace_id:032x} {context.span_id:016x}")
             passed += 1
     print(f"{passed} passed, 0 failed")
 
