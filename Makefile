@@ -40,6 +40,7 @@ lint: setup
 bench: setup
 	cargo bench --bench engine_throughput
 	cargo bench --bench grpc_throughput
+	cargo bench --bench telemetry_overhead
 
 ## Longer runs of what `make test` runs briefly: 2,000,000 generated requests; a 10-minute soak.
 fuzz: setup

@@ -17,11 +17,10 @@ use bertd::api::proto::bert::v1::encoder_client::EncoderClient;
 use bertd::config::Settings;
 use bertd::engine::EngineInput;
 use bertd::tokenize::{TextInput, Tokenized};
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
 mod common;
-use common::{arg, corpus, default_engine};
+use common::{LATENCY_TEXT, arg, corpus, default_engine, latency, stream_rate};
 
 /// The engine alone: sentences/s on batches of `batch` inputs sorted by length, as the scheduler
 /// would form them, and the p50 and p99 of one forward pass of the short latency text.
@@ -64,61 +63,6 @@ fn engine_rate(texts: &[String], batch: usize, calls: usize) -> (f64, Duration, 
         .collect();
     times.sort();
     (rate, times[calls / 2], times[calls * 99 / 100])
-}
-
-const LATENCY_TEXT: &str = "A man is eating food.";
-
-async fn stream_rate(channel: Channel, texts: &[String], per_request: usize) -> f64 {
-    let requests: Vec<pb::EncodeRequest> = texts
-        .chunks(per_request)
-        .enumerate()
-        .map(|(i, chunk)| pb::EncodeRequest {
-            id: i.to_string(),
-            inputs: chunk
-                .iter()
-                .map(|t| pb::TextInput {
-                    text: t.clone(),
-                    text_pair: None,
-                })
-                .collect(),
-            options: None,
-        })
-        .collect();
-    let start = Instant::now();
-    let mut responses = EncoderClient::new(channel)
-        .encode_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut results = 0;
-    while let Some(response) = responses.next().await {
-        results += response.unwrap().results.len();
-    }
-    assert_eq!(results, texts.len());
-    texts.len() as f64 / start.elapsed().as_secs_f64()
-}
-
-async fn latency(channel: Channel, calls: usize) -> (Duration, Duration) {
-    let mut client = EncoderClient::new(channel);
-    let request = || pb::EncodeRequest {
-        id: "latency".into(),
-        inputs: vec![pb::TextInput {
-            text: "A man is eating food.".into(),
-            text_pair: None,
-        }],
-        options: None,
-    };
-    for _ in 0..10 {
-        client.encode(request()).await.unwrap();
-    }
-    let mut times: Vec<Duration> = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let start = Instant::now();
-        client.encode(request()).await.unwrap();
-        times.push(start.elapsed());
-    }
-    times.sort();
-    (times[calls / 2], times[calls * 99 / 100])
 }
 
 /// A bulk stream, `flooders_count` unary clients that flood the server and one that measures

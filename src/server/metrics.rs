@@ -44,14 +44,16 @@ impl fmt::Debug for Snapshot {
     }
 }
 
+// Help texts end with a full stop, as `Registry::register` writes them for the other metrics.
+
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
     let c = ConstCounter::new(value);
-    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+    c.encode(encoder.encode_descriptor(name, &format!("{help}."), None, c.metric_type())?)
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
     let g = ConstGauge::new(value as i64);
-    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+    g.encode(encoder.encode_descriptor(name, &format!("{help}."), None, g.metric_type())?)
 }
 
 impl Collector for Snapshot {
@@ -111,7 +113,7 @@ impl Collector for Snapshot {
         let (unary, streams) = state.scheduler.queued_by_lane();
         let queued = e.encode_descriptor(
             "bertd_queued_inputs",
-            "Inputs waiting in the queue now, by lane (capacity: batching.queue_capacity and batching.stream_queue_capacity)",
+            "Inputs waiting in the queue now, by lane (capacity: batching.queue_capacity and batching.stream_queue_capacity).",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;
@@ -157,7 +159,7 @@ impl Collector for Snapshot {
         };
         let info = e.encode_descriptor(
             "bertd_build_info",
-            "1, labelled with the version, the model, its devices and its dtype",
+            "1, labelled with the version, the model, its devices and its dtype.",
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;

@@ -1,0 +1,158 @@
+//! What observability costs: the real `bertd serve` (release build, default model, default
+//! settings) with telemetry off, with every call traced (OTLP to a real receiver in this process,
+//! sampling ratio 1.0), with the metrics endpoint on, and with traces sent to a collector that
+//! does not exist. For each: a bulk stream's inputs/s and one client's unary latency. The
+//! configurations take turns, round after round, so drift on the machine hits them alike. Run with
+//! `make bench` or `cargo bench --bench telemetry_overhead`.
+//!
+//! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200), `--rounds N`
+//! (default 3).
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+mod common;
+#[path = "../tests/common/otlp.rs"]
+#[allow(dead_code)]
+mod otlp;
+use common::{arg, corpus, latency, stream_rate};
+
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const INPUTS_PER_MESSAGE: usize = 16;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_serving(addr: &str) -> Channel {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            let status = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.into_inner().status == 1) {
+                return channel;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stop(mut server: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+}
+
+struct Row {
+    name: &'static str,
+    rates: Vec<f64>,
+    p50: Vec<Duration>,
+    p99: Vec<Duration>,
+}
+
+fn median<T: Copy + PartialOrd>(values: &[T]) -> T {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let inputs: usize = arg("--inputs").unwrap_or(2048);
+    let calls: usize = arg("--latency-calls").unwrap_or(200);
+    let rounds: usize = arg("--rounds").unwrap_or(3);
+    let texts = corpus(inputs);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (receiver, collector) = runtime.block_on(otlp::Receiver::start());
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let configs: Vec<(&'static str, Vec<(&str, String)>)> = vec![
+        ("telemetry off", vec![]),
+        (
+            "traces on, ratio 1.0",
+            vec![
+                (
+                    "BERTD_TELEMETRY__OTLP_ENDPOINT",
+                    format!("http://{collector}"),
+                ),
+                ("BERTD_TELEMETRY__SAMPLING_RATIO", "1.0".into()),
+            ],
+        ),
+        (
+            "metrics on",
+            vec![(
+                "BERTD_TELEMETRY__METRICS_ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )],
+        ),
+        (
+            "traces to an unreachable collector",
+            vec![("BERTD_TELEMETRY__OTLP_ENDPOINT", nowhere)],
+        ),
+    ];
+    let mut rows: Vec<Row> = configs
+        .iter()
+        .map(|(name, _)| Row {
+            name,
+            rates: Vec::new(),
+            p50: Vec::new(),
+            p99: Vec::new(),
+        })
+        .collect();
+    for round in 0..rounds {
+        for ((name, env), row) in configs.iter().zip(&mut rows) {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let server = Command::new(env!("CARGO_BIN_EXE_bertd"))
+                .args(["serve", "--addr", &addr, "--log-level", "warn"])
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let (rate, (p50, p99)) = runtime.block_on(async {
+                let channel = wait_serving(&addr).await;
+                let rate = stream_rate(channel.clone(), &texts, INPUTS_PER_MESSAGE).await;
+                (rate, latency(channel, calls).await)
+            });
+            stop(server);
+            eprintln!("round {round}: {name}: {rate:.1} inputs/s, p50 {p50:?}, p99 {p99:?}");
+            row.rates.push(rate);
+            row.p50.push(p50);
+            row.p99.push(p99);
+        }
+    }
+    let base = median(&rows[0].rates);
+    println!(
+        "\n{inputs} inputs streamed ({INPUTS_PER_MESSAGE} a message), then {calls} unary calls; medians of {rounds} rounds\n"
+    );
+    println!("| configuration | stream inputs/s | vs off | unary p50 | unary p99 |");
+    println!("|---|---|---|---|---|");
+    for row in &rows {
+        let rate = median(&row.rates);
+        println!(
+            "| {} | {rate:.1} | {:.3} | {:.2} ms | {:.2} ms |",
+            row.name,
+            rate / base,
+            median(&row.p50).as_secs_f64() * 1e3,
+            median(&row.p99).as_secs_f64() * 1e3
+        );
+    }
+    println!("\nspans received while tracing: {}", receiver.spans().len());
+}
