@@ -63,16 +63,18 @@ pub fn provider(
         return Ok(None);
     }
     let exporter = exporter(settings)?;
+    // The batch settings come from the standard OTEL_BSP_* variables, with a larger queue than
+    // the SDK's default unless OTEL_BSP_MAX_QUEUE_SIZE says otherwise.
+    let mut batching = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        batching = batching.with_max_queue_size(MAX_QUEUED_SPANS);
+    }
     let processor = BatchSpanProcessor::builder(OnRuntime {
         inner: Arc::new(exporter),
         runtime,
         failures: Mutex::new(Failures::default()),
     })
-    .with_batch_config(
-        BatchConfigBuilder::default()
-            .with_max_queue_size(MAX_QUEUED_SPANS)
-            .build(),
-    )
+    .with_batch_config(batching.build())
     .build();
     Ok(Some(
         SdkTracerProvider::builder()
