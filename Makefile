@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: setup build run test lint bench fuzz soak fixtures clean
+.PHONY: setup build run test lint bench compare fuzz soak fixtures clean
 
 setup: $(SETUP_STAMP)
 
@@ -41,6 +41,11 @@ bench: setup
 	cargo bench --bench engine_throughput
 	cargo bench --bench grpc_throughput
 	cargo bench --bench telemetry_overhead
+
+## bertd against sentence-transformers, transformers and ONNX Runtime on one realistic corpus, in one
+## run (ratios). Extra server flags: make compare ARGS="--max-batch-size 16".
+compare: build
+	bench/compare.sh $(ARGS)
 
 ## Longer runs of what `make test` runs briefly: 2,000,000 generated requests; a 10-minute soak.
 fuzz: setup

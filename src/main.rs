@@ -25,6 +25,9 @@ enum Command {
     Encode(cli::EncodeArgs),
     /// Classifies one text per stdin line (or JSON lines with --jsonl); one JSON line out per input.
     Classify(cli::ClassifyArgs),
+    /// Drives a running server with a corpus and reports inputs/s, tokens/s, latency percentiles,
+    /// the server's padding ratio and peak memory (see bench/compare.sh).
+    Bench(cli::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Config(a) => cli::print_config(a),
         Command::Encode(a) => cli::encode(a),
         Command::Classify(a) => cli::classify(a),
+        Command::Bench(a) => cli::bench(a),
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,8 @@
 //! `bertd encode` and `bertd classify`: the engine on stdin and stdout, one JSON line per input.
+mod bench;
 mod serve;
 
+pub use bench::{BenchArgs, bench};
 pub use serve::{ServeArgs, print_config, serve};
 
 use std::io::{BufRead, BufWriter, Write};

