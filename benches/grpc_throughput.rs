@@ -161,7 +161,7 @@ fn main() {
     let n: usize = arg("--inputs").unwrap_or(2048);
     let calls: usize = arg("--latency-calls").unwrap_or(200);
     let texts = corpus(n);
-    let batch = Settings::default().batching.max_batch_size;
+    let batch = Settings::default().max_batch_size();
     println!("{n} sentences (arrival order for gRPC; sorted batches of {batch} for the engine)");
     let (engine, engine_p50, engine_p99) = engine_rate(&texts, batch, calls);
     println!("| path | sentences/s | of engine |");

@@ -160,7 +160,7 @@ async fn stream_texts(
 fn one_batch() -> bertd::config::Settings {
     let mut s = settings(&model_dir("bert_tiny"));
     s.batching.max_batch_delay_ms = 300;
-    s.batching.max_batch_size = 8;
+    s.batching.max_batch_size = Some(8);
     s.engine.restart_backoff_ms = 10;
     s.engine.max_restart_backoff_ms = 100;
     s

@@ -224,8 +224,8 @@ async fn a_dropped_stream_has_its_queued_work_dropped_and_others_are_served() {
     let mut s = settings(&model_dir("bert_tiny"));
     // Inputs wait for company long enough for the client to leave first.
     s.batching.max_batch_delay_ms = 1_500;
-    s.batching.max_batch_size = 1_000;
-    s.batching.max_batch_tokens = 100_000;
+    s.batching.max_batch_size = Some(1_000);
+    s.batching.max_batch_tokens = Some(100_000);
     let server = serve(s).await;
     let channel = channel(&server).await;
     let (tx, rx) = mpsc::channel(64);
@@ -293,7 +293,7 @@ async fn unary_overload_is_refused_at_once_with_resource_exhausted() {
     s.limits.max_inputs_per_request = 4;
     s.batching.stream_window = 4;
     s.batching.max_batch_delay_ms = 2_000;
-    s.batching.max_batch_size = 100;
+    s.batching.max_batch_size = Some(100);
     let server = serve(s).await;
     let channel = channel(&server).await;
     let waiting = tokio::spawn({
@@ -677,14 +677,18 @@ async fn get_info_describes_model_device_and_limits() {
     assert_eq!(info.dtype, "fp32");
     let limits = info.limits.unwrap();
     assert_eq!(limits.max_inputs_per_request, 256);
-    assert_eq!(limits.max_batch_tokens, 16_384);
+    assert_eq!(
+        limits.max_batch_tokens as usize,
+        bertd::config::BatchDefaults::CPU.max_batch_tokens,
+        "a CPU server's default"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_past_its_grpc_deadline_is_not_computed() {
     let mut s = settings(&model_dir("bert_tiny"));
     s.batching.max_batch_delay_ms = 1_000; // the input would wait longer than its deadline
-    s.batching.max_batch_size = 1_000;
+    s.batching.max_batch_size = Some(1_000);
     let server = serve(s).await;
     let channel = channel(&server).await;
     let mut request = tonic::Request::new(encode_request(
@@ -747,7 +751,7 @@ async fn several_workers_share_one_queue_and_give_the_same_results() {
     let mut s = settings(&model_dir("bert_tiny"));
     s.engine.workers_per_device = 2;
     s.engine.cpu_threads = 2; // one libtorch thread each
-    s.batching.max_batch_size = 4;
+    s.batching.max_batch_size = Some(4);
     let server = serve(s).await;
     let channel = channel(&server).await;
     let info = ModelClient::new(channel.clone())

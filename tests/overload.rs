@@ -162,7 +162,7 @@ async fn unary_calls_over_the_byte_budget_are_refused_at_once() {
     let mut s = tiny();
     s.limits.unary_inflight_bytes = 64 << 10;
     s.batching.max_batch_delay_ms = 1_500; // keeps the first call in flight
-    s.batching.max_batch_size = 1_000;
+    s.batching.max_batch_size = Some(1_000);
     let server = serve(s).await;
     let channel = channel(&server).await;
     // Token embeddings of 16 long inputs: about 70 KB predicted, the whole budget.
@@ -301,7 +301,7 @@ async fn a_stream_gets_its_share_of_batches_under_a_flood_of_unary_calls() {
     const FLOODERS: usize = 6;
     const STREAM_REQUESTS: usize = 256;
     let mut s = tiny();
-    s.batching.max_batch_size = 8;
+    s.batching.max_batch_size = Some(8);
     let share = s.batching.stream_share;
     let server = serve(s).await;
     let channel = channel(&server).await;

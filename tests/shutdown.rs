@@ -130,7 +130,7 @@ async fn a_drain_ends_open_streams_and_health_watches_long_before_its_timeout() 
 async fn queued_work_still_waiting_when_the_drain_times_out_fails_with_unavailable() {
     let mut s = settings(&model_dir("bert_tiny"));
     s.batching.max_batch_delay_ms = 60_000; // the input would wait for company far too long
-    s.batching.max_batch_size = 1_000;
+    s.batching.max_batch_size = Some(1_000);
     s.server.shutdown_timeout_ms = 300;
     let mut server = serve(s).await;
     let channel = channel(&server).await;

@@ -131,10 +131,14 @@ impl Default for LimitSettings {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchSettings {
-    /// Padded tokens (longest input x inputs) in one forward pass.
-    pub max_batch_tokens: usize,
-    /// Inputs in one forward pass.
-    pub max_batch_size: usize,
+    /// Padded tokens (longest input x inputs) in one forward pass. Unset: the devices' default
+    /// (`BatchDefaults`); read it through `Settings::max_batch_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_tokens: Option<usize>,
+    /// Inputs in one forward pass. Unset: the devices' default; read it through
+    /// `Settings::max_batch_size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_size: Option<usize>,
     /// How long the oldest queued input may wait for company before its batch runs. 0: a free
     /// worker takes what is queued at once (inputs arriving meanwhile batch up behind it).
     pub max_batch_delay_ms: u64,
@@ -154,14 +158,48 @@ pub struct BatchSettings {
 impl Default for BatchSettings {
     fn default() -> Self {
         BatchSettings {
-            max_batch_tokens: 16_384,
-            max_batch_size: 64,
+            max_batch_tokens: None,
+            max_batch_size: None,
             max_batch_delay_ms: 0,
             queue_capacity: 2_048,
             stream_queue_capacity: 4_096,
             stream_window: 512,
             stream_window_bytes: 16 * MIB,
             stream_share: 0.25,
+        }
+    }
+}
+
+/// The batch limits used when the configuration sets none, by the kind of device, as measured
+/// (BENCHMARKS.md, "Batch limits by device"). On a CPU big batches cost more than they save: the
+/// activations of a big batch fall out of cache and padding grows with the batch, so CPU batches
+/// are small; a GPU needs big batches to be busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchDefaults {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+}
+
+impl BatchDefaults {
+    /// A token budget, not an input count, bounds CPU batches: 64 short inputs or a few long
+    /// ones. The sweep: streaming at 1.55x sentence-transformers against 0.87x with the GPU's.
+    pub const CPU: BatchDefaults = BatchDefaults {
+        max_batch_size: 64,
+        max_batch_tokens: 1_024,
+    };
+    /// Not yet measured on a GPU (no GPU machine has been lent): the earlier defaults.
+    pub const CUDA: BatchDefaults = BatchDefaults {
+        max_batch_size: 64,
+        max_batch_tokens: 16_384,
+    };
+
+    /// The defaults for a server on `devices`: a GPU's when any device is one (the CPU then
+    /// only tokenizes).
+    pub fn for_devices(devices: &[DeviceSpec]) -> BatchDefaults {
+        if devices.iter().any(|d| d.0.is_cuda()) {
+            BatchDefaults::CUDA
+        } else {
+            BatchDefaults::CPU
         }
     }
 }
@@ -320,6 +358,28 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Inputs in one forward pass: as configured, else the devices' default.
+    pub fn max_batch_size(&self) -> usize {
+        self.batching
+            .max_batch_size
+            .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).max_batch_size)
+    }
+
+    /// Padded tokens in one forward pass: as configured, else the devices' default.
+    pub fn max_batch_tokens(&self) -> usize {
+        self.batching
+            .max_batch_tokens
+            .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).max_batch_tokens)
+    }
+
+    /// A default token budget (never the operator's) grows to hold one input of a model whose
+    /// inputs may be `model_max` tokens long.
+    pub fn fit_default_batch_tokens(&mut self, model_max: usize) {
+        if self.batching.max_batch_tokens.is_none() && self.max_batch_tokens() < model_max {
+            self.batching.max_batch_tokens = Some(model_max);
+        }
+    }
+
     pub fn batch_delay(&self) -> Duration {
         Duration::from_millis(self.batching.max_batch_delay_ms)
     }
@@ -383,8 +443,8 @@ impl Settings {
                 self.limits.max_inputs_per_request,
             ),
             ("limits.max_input_chars", self.limits.max_input_chars),
-            ("batching.max_batch_tokens", self.batching.max_batch_tokens),
-            ("batching.max_batch_size", self.batching.max_batch_size),
+            ("batching.max_batch_tokens", self.max_batch_tokens()),
+            ("batching.max_batch_size", self.max_batch_size()),
             ("batching.queue_capacity", self.batching.queue_capacity),
             (
                 "batching.stream_queue_capacity",
@@ -400,12 +460,13 @@ impl Settings {
         }
         let b = &self.batching;
         let l = &self.limits;
-        if l.max_input_tokens > b.max_batch_tokens {
+        if l.max_input_tokens > self.max_batch_tokens() {
             return Err(invalid(
                 "limits.max_input_tokens",
                 format!(
                     "{} is larger than batching.max_batch_tokens ({}): such an input could never be batched",
-                    l.max_input_tokens, b.max_batch_tokens
+                    l.max_input_tokens,
+                    self.max_batch_tokens()
                 ),
             ));
         }
@@ -475,21 +536,25 @@ impl Settings {
             0 => model_max,
             n => n.min(model_max),
         };
-        if max > self.batching.max_batch_tokens {
+        if max > self.max_batch_tokens() {
             return Err(invalid(
                 "batching.max_batch_tokens",
                 format!(
                     "{} is smaller than the maximum input length ({max} tokens): set limits.max_input_tokens or raise it",
-                    self.batching.max_batch_tokens
+                    self.max_batch_tokens()
                 ),
             ));
         }
         Ok(max)
     }
 
-    /// The effective configuration as TOML, secrets redacted.
+    /// The effective configuration as TOML, secrets redacted, with the batch limits the devices
+    /// chose when the configuration set none.
     pub fn to_redacted_toml(&self) -> String {
-        let mut value = toml::Value::try_from(self).expect("settings serialize");
+        let mut effective = self.clone();
+        effective.batching.max_batch_size = Some(self.max_batch_size());
+        effective.batching.max_batch_tokens = Some(self.max_batch_tokens());
+        let mut value = toml::Value::try_from(&effective).expect("settings serialize");
         redact(&mut value);
         toml::to_string_pretty(&value).expect("settings serialize")
     }
@@ -538,7 +603,7 @@ mod tests {
     #[test]
     fn a_maximum_input_longer_than_the_batch_budget_names_the_key() {
         let mut s = Settings::default();
-        s.batching.max_batch_tokens = 128;
+        s.batching.max_batch_tokens = Some(128);
         s.limits.max_input_tokens = 256;
         let err = s.validate().unwrap_err().to_string();
         assert!(
@@ -550,7 +615,7 @@ mod tests {
 
         let s = Settings {
             batching: BatchSettings {
-                max_batch_tokens: 100,
+                max_batch_tokens: Some(100),
                 ..Default::default()
             },
             ..Default::default()
@@ -581,7 +646,7 @@ mod tests {
             ),
             (
                 "batching.max_batch_size",
-                Box::new(|s| s.batching.max_batch_size = 0),
+                Box::new(|s| s.batching.max_batch_size = Some(0)),
             ),
             (
                 "batching.queue_capacity",
@@ -603,6 +668,32 @@ mod tests {
             let err = s.validate().unwrap_err().to_string();
             assert!(err.starts_with(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn batch_limits_default_by_device_and_a_default_budget_grows_to_the_model() {
+        let cpu = Settings::default();
+        assert_eq!(cpu.max_batch_tokens(), BatchDefaults::CPU.max_batch_tokens);
+        assert_eq!(cpu.max_batch_size(), BatchDefaults::CPU.max_batch_size);
+        let mut gpu = Settings::default();
+        gpu.engine.devices = vec!["cuda:0".parse().unwrap()];
+        assert_eq!(gpu.max_batch_tokens(), BatchDefaults::CUDA.max_batch_tokens);
+
+        const LONG_MODEL: usize = 4_096;
+        let mut grown = Settings::default();
+        grown.fit_default_batch_tokens(LONG_MODEL);
+        assert_eq!(grown.max_batch_tokens(), LONG_MODEL);
+        assert_eq!(grown.max_input_tokens(LONG_MODEL).unwrap(), LONG_MODEL);
+
+        let mut chosen = Settings::default();
+        chosen.batching.max_batch_tokens = Some(512);
+        chosen.fit_default_batch_tokens(LONG_MODEL);
+        assert_eq!(
+            chosen.max_batch_tokens(),
+            512,
+            "the operator's budget stays"
+        );
+        assert!(chosen.max_input_tokens(LONG_MODEL).is_err());
     }
 
     #[test]

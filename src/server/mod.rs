@@ -210,9 +210,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 
 impl Parts {
     /// Reads the model's description and tokenizer (the weights are the workers' to load).
-    pub fn load(settings: Settings, replicas: Replicas) -> Result<Parts, ServeError> {
+    pub fn load(mut settings: Settings, replicas: Replicas) -> Result<Parts, ServeError> {
         settings.validate()?;
         let mut spec = ModelSpec::load(&settings.model.dir)?;
+        settings.fit_default_batch_tokens(spec.max_length);
         spec.max_length = settings.max_input_tokens(spec.max_length)?;
         let spec = Arc::new(spec);
         let tokenizer = Arc::new(BertTokenizer::load(&spec)?);
@@ -280,8 +281,8 @@ pub async fn run(
     let b = &settings.batching;
     let scheduler = Arc::new(Scheduler::new(
         SchedulerConfig {
-            max_batch_tokens: b.max_batch_tokens,
-            max_batch_size: b.max_batch_size,
+            max_batch_tokens: settings.max_batch_tokens(),
+            max_batch_size: settings.max_batch_size(),
             max_batch_delay: settings.batch_delay(),
             queue_capacity: b.queue_capacity,
             stream_queue_capacity: b.stream_queue_capacity,
@@ -295,7 +296,7 @@ pub async fn run(
         workers_per_device: settings.engine.workers_per_device,
         dtype: settings.engine.dtype,
         cpu_threads: settings.engine.cpu_threads,
-        warm_up_batch: b.max_batch_size,
+        warm_up_batch: settings.max_batch_size(),
     };
     let devices: Vec<String> = plan
         .worker_devices()
