@@ -353,3 +353,71 @@ fn all_minilm_l6_v2_equals_sentence_transformers() {
         }
     }
 }
+
+/// bf16 against fp32, per embedding.
+const BF16_MIN_COSINE: f64 = 0.998;
+
+#[test]
+fn bf16_on_a_cpu_that_has_it_equals_fp32_within_the_bound_and_is_refused_elsewhere() {
+    use bertd::engine::{DType, DeviceSpec};
+    use bertd::model::{Model, ModelSpec};
+    use std::sync::Arc;
+    let cpu = DeviceSpec(tch::Device::Cpu);
+    if let Err(refused) = DType::Bf16.check_device(cpu) {
+        assert!(!bertd::engine::cpu_has_bf16());
+        assert!(refused.contains("AVX512-BF16"), "{refused}");
+        return;
+    }
+    let refs = references("all_minilm_l6_v2");
+    // The fixture's sentences, and long mixed inputs up to the model's maximum length.
+    let mut texts: Vec<String> = refs
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect();
+    for words in [40, 90, 200] {
+        texts.push(
+            (0..words)
+                .map(|i| {
+                    [
+                        "the",
+                        "server",
+                        "computes",
+                        "embeddings",
+                        "quickly",
+                        "for",
+                        "many",
+                    ][i % 7]
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    let spec = Arc::new(ModelSpec::load(&default_model_dir()).unwrap());
+    let tokenizer = BertTokenizer::load(&spec).unwrap();
+    let fp32 = Engine::new(Model::load(spec.clone(), tch::Device::Cpu, DType::F32.kind()).unwrap());
+    let bf16 =
+        Engine::new(Model::load(spec.clone(), tch::Device::Cpu, DType::Bf16.kind()).unwrap());
+    let task = embed(
+        spec.default_pooling,
+        spec.default_normalize,
+        spec.num_layers(),
+        None,
+    );
+    let tokens: Vec<Tokenized> = texts
+        .iter()
+        .map(|t| {
+            tokenizer
+                .encode(&TextInput::single(t.as_str()), true)
+                .unwrap()
+        })
+        .collect();
+    for chunk in tokens.chunks(16) {
+        for (full, half) in run_batch(&fp32, chunk, task)
+            .iter()
+            .zip(run_batch(&bf16, chunk, task))
+        {
+            let c = cosine(embedding(full), embedding(&half));
+            assert!(c >= BF16_MIN_COSINE, "cosine {c}");
+        }
+    }
+}

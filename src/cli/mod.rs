@@ -28,7 +28,7 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// Precision: fp16 and bf16 need CUDA.
+    /// Precision: fp16 needs CUDA; bf16 needs CUDA or a CPU with AVX512-BF16 or AMX.
     #[arg(long, value_enum, default_value_t = DType::F32)]
     dtype: DType,
     /// Intra-op threads for libtorch (0: libtorch's default).

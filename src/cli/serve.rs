@@ -29,7 +29,7 @@ pub struct ServeArgs {
     /// Workers (model replicas) per device (engine.workers_per_device).
     #[arg(long)]
     workers_per_device: Option<usize>,
-    /// Precision (engine.dtype); fp16 and bf16 need CUDA.
+    /// Precision (engine.dtype): fp16 needs CUDA; bf16 needs CUDA or a CPU with AVX512-BF16 or AMX.
     #[arg(long, value_enum)]
     dtype: Option<DType>,
     /// libtorch CPU threads, split between CPU workers; 0: all cores (engine.cpu_threads).

@@ -211,7 +211,7 @@ pub struct EngineSettings {
     pub devices: Vec<DeviceSpec>,
     /// Workers (model replicas, each on its own thread) per device.
     pub workers_per_device: usize,
-    /// fp32, or fp16 / bf16 on CUDA.
+    /// fp32; fp16 on CUDA; bf16 on CUDA or a CPU with AVX512-BF16 or AMX.
     pub dtype: DType,
     /// CPU threads for libtorch, split between CPU workers; 0 means all cores.
     pub cpu_threads: usize,

@@ -86,13 +86,48 @@ impl DType {
         }
     }
 
-    /// Half precisions are for CUDA: on CPU they are slower than fp32 and less exact.
+    /// fp16 is for CUDA: on CPU it is slower than fp32 and less exact. bf16 runs on CUDA, and
+    /// on a CPU that computes it natively (AVX512-BF16 or AMX-BF16); elsewhere libtorch emulates
+    /// it, slower than fp32, so it is refused.
     pub fn check_device(self, device: DeviceSpec) -> Result<(), String> {
-        if self != DType::F32 && device.0 == Device::Cpu {
-            return Err(format!("dtype {self} needs a CUDA device; use fp32 on cpu"));
+        match (self, device.0) {
+            (DType::F16, Device::Cpu) => {
+                Err("dtype fp16 needs a CUDA device; use fp32 (or bf16 on a CPU with AVX512-BF16 or AMX) on cpu".into())
+            }
+            (DType::Bf16, Device::Cpu) if !cpu_has_bf16() => Err(
+                "dtype bf16 on cpu needs a CPU with AVX512-BF16 or AMX-BF16, and this one has neither (bf16 would be emulated, slower than fp32); use fp32".into(),
+            ),
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// The CPU's feature flags, from /proc/cpuinfo (empty where it cannot be read).
+fn cpu_flags() -> &'static [String] {
+    static FLAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let mut flags: Vec<String> = info
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .flat_map(|l| l.split_whitespace().map(String::from))
+            .collect();
+        flags.sort();
+        flags.dedup();
+        flags
+    })
+}
+
+/// Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16).
+pub fn cpu_has_bf16() -> bool {
+    cpu_flags()
+        .iter()
+        .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}
+
+/// Whether this CPU has AMX tiles for bf16, the path where bf16 beats fp32.
+pub fn cpu_has_amx_bf16() -> bool {
+    cpu_flags().iter().any(|f| f == "amx_bf16")
 }
 
 impl std::fmt::Display for DType {
@@ -131,9 +166,16 @@ mod tests {
     }
 
     #[test]
-    fn half_precision_is_refused_on_cpu() {
+    fn fp16_is_refused_on_cpu_and_bf16_where_the_cpu_lacks_it() {
         let cpu = DeviceSpec(Device::Cpu);
         assert!(DType::F32.check_device(cpu).is_ok());
+        match DType::Bf16.check_device(cpu) {
+            Ok(()) => assert!(cpu_has_bf16()),
+            Err(e) => {
+                assert!(!cpu_has_bf16());
+                assert!(e.contains("AVX512-BF16"), "{e}");
+            }
+        }
         assert!(
             DType::F16
                 .check_device(cpu)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use super::{DType, DeviceSpec, EmbedOptions, Engine, EngineInput, Task};
+use super::{DType, DeviceSpec, EmbedOptions, Engine, EngineInput, Task, cpu_has_amx_bf16};
 use crate::model::{Model, ModelError, ModelSpec};
 use crate::tokenize::Tokenized;
 
@@ -63,6 +63,12 @@ impl ReplicaPlan {
             })?;
         let threads = self.threads(device);
         tch::set_num_threads(threads as i32);
+        if self.dtype == DType::Bf16 && device.0 == Device::Cpu && !cpu_has_amx_bf16() {
+            tracing::warn!(
+                worker = index,
+                "bf16 on a CPU with AVX512-BF16 but no AMX ran at about 0.6x fp32's throughput when measured (BENCHMARKS.md); fp32 is likely faster here"
+            );
+        }
         let engine = Engine::new(Model::load(self.spec.clone(), device.0, self.dtype.kind())?);
         warm_up(&engine, self.warm_up_batch).map_err(|e| ModelError::Device {
             device: device.to_string(),
