@@ -67,3 +67,64 @@ fn bench_names_a_missing_corpus() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--corpus /nonexistent/corpus.txt"));
 }
+
+/// Lines the baselines encode in the test: enough for two sorted batches.
+const BASELINE_LINES: usize = 40;
+
+#[test]
+fn the_python_baselines_run_and_agree_with_sentence_transformers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let python = root.join(".venv/bin/python");
+    let made = Command::new(&python)
+        .arg(root.join("bench/corpus.py"))
+        .args(["--lines", &BASELINE_LINES.to_string()])
+        .args(["--out", corpus.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let lines = std::fs::read_to_string(&corpus).unwrap();
+    let words: Vec<usize> = lines
+        .lines()
+        .map(|l| l.split_whitespace().count())
+        .collect();
+    assert_eq!(words.len(), BASELINE_LINES);
+    assert!(words.iter().all(|w| (5..=120).contains(w)), "{words:?}");
+
+    let json = dir.path().join("baselines.json");
+    let out = Command::new(&python)
+        .arg(root.join("bench/baselines.py"))
+        .args([
+            "--corpus",
+            corpus.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--batch",
+            "16",
+        ])
+        .args(["--json", json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["inputs"], BASELINE_LINES);
+    assert!(
+        report["sentence_transformers"]["inputs_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    for baseline in ["torch_sorted", "onnx_fp32"] {
+        let cosine = report[baseline]["min_cosine"].as_f64().unwrap();
+        assert!(cosine >= 0.9999, "{baseline}: min cosine {cosine}");
+    }
+}
