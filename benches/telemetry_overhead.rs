@@ -7,20 +7,18 @@
 //!
 //! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200), `--rounds N`
 //! (default 3).
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 mod common;
 #[path = "../tests/common/otlp.rs"]
 #[allow(dead_code)]
 mod otlp;
+#[path = "../tests/common/process.rs"]
+mod process;
 use common::{arg, corpus, latency, stream_rate};
+use process::{terminate, wait_serving};
 
-const START_TIMEOUT: Duration = Duration::from_secs(120);
 const INPUTS_PER_MESSAGE: usize = 16;
 
 fn free_port() -> u16 {
@@ -29,35 +27,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn wait_serving(addr: &str) -> Channel {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let status = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await;
-            if status.is_ok_and(|s| s.into_inner().status == 1) {
-                return channel;
-            }
-        }
-        assert!(Instant::now() < deadline, "the server started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn stop(mut server: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
 }
 
 struct Row {
@@ -117,7 +86,7 @@ fn main() {
     for round in 0..rounds {
         for ((name, env), row) in configs.iter().zip(&mut rows) {
             let addr = format!("127.0.0.1:{}", free_port());
-            let server = Command::new(env!("CARGO_BIN_EXE_bertd"))
+            let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
                 .args(["serve", "--addr", &addr, "--log-level", "warn"])
                 .env_clear()
                 .envs(env.iter().map(|(k, v)| (k, v)))
@@ -131,7 +100,7 @@ fn main() {
                 let rate = stream_rate(channel.clone(), &texts, INPUTS_PER_MESSAGE).await;
                 (rate, latency(channel, calls).await)
             });
-            stop(server);
+            terminate(&mut server);
             eprintln!("round {round}: {name}: {rate:.1} inputs/s, p50 {p50:?}, p99 {p99:?}");
             row.rates.push(rate);
             row.p50.push(p50);

@@ -8,6 +8,16 @@ use common::grpc::*;
 use common::*;
 use serde_json::Value;
 
+/// Runs `command`, which must succeed (its stderr otherwise in the failure).
+fn succeed(command: &mut Command) {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Lines of the corpus: varied lengths, so batches pad.
 const LINES: usize = 50;
 
@@ -24,19 +34,14 @@ async fn bench_answers_every_input_in_each_run_and_reports_padding_and_memory() 
     std::fs::write(&corpus, lines.join("\n")).unwrap();
     for mode in ["stream", "unary"] {
         let json = dir.path().join(format!("{mode}.json"));
-        let out = Command::new(env!("CARGO_BIN_EXE_bertd"))
-            .args(["bench", "--server", &format!("http://{}", server.addr)])
-            .args(["--corpus", corpus.to_str().unwrap(), "--mode", mode])
-            .args(["--concurrency", "1,3", "--inputs-per-request", "4"])
-            .args(["--metrics", &server.metrics_addr.unwrap().to_string()])
-            .args(["--pid", &std::process::id().to_string()])
-            .args(["--json", json.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new(env!("CARGO_BIN_EXE_bertd"))
+                .args(["bench", "--server", &format!("http://{}", server.addr)])
+                .args(["--corpus", corpus.to_str().unwrap(), "--mode", mode])
+                .args(["--concurrency", "1,3", "--inputs-per-request", "4"])
+                .args(["--metrics", &server.metrics_addr.unwrap().to_string()])
+                .args(["--pid", &std::process::id().to_string()])
+                .args(["--json", json.to_str().unwrap()]),
         );
         let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert!(report["server_peak_rss_bytes"].as_u64().unwrap() > 0);
@@ -77,16 +82,11 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.txt");
     let python = root.join(".venv/bin/python");
-    let made = Command::new(&python)
-        .arg(root.join("bench/corpus.py"))
-        .args(["--lines", &BASELINE_LINES.to_string()])
-        .args(["--out", corpus.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
+    succeed(
+        Command::new(&python)
+            .arg(root.join("bench/corpus.py"))
+            .args(["--lines", &BASELINE_LINES.to_string()])
+            .args(["--out", corpus.to_str().unwrap()]),
     );
     let lines = std::fs::read_to_string(&corpus).unwrap();
     let words: Vec<usize> = lines
@@ -97,23 +97,18 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
     assert!(words.iter().all(|w| (5..=120).contains(w)), "{words:?}");
 
     let json = dir.path().join("baselines.json");
-    let out = Command::new(&python)
-        .arg(root.join("bench/baselines.py"))
-        .args([
-            "--corpus",
-            corpus.to_str().unwrap(),
-            "--threads",
-            "1",
-            "--batch",
-            "16",
-        ])
-        .args(["--json", json.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(&python)
+            .arg(root.join("bench/baselines.py"))
+            .args([
+                "--corpus",
+                corpus.to_str().unwrap(),
+                "--threads",
+                "1",
+                "--batch",
+                "16",
+            ])
+            .args(["--json", json.to_str().unwrap()]),
     );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(report["inputs"], BASELINE_LINES);

@@ -360,7 +360,7 @@ const BF16_MIN_COSINE: f64 = 0.998;
 #[test]
 fn bf16_on_a_cpu_that_has_it_equals_fp32_within_the_bound_and_is_refused_elsewhere() {
     use bertd::engine::{DType, DeviceSpec};
-    use bertd::model::{Model, ModelSpec};
+    use bertd::model::Model;
     use std::sync::Arc;
     let cpu = DeviceSpec(tch::Device::Cpu);
     if let Err(refused) = DType::Bf16.check_device(cpu) {
@@ -368,49 +368,28 @@ fn bf16_on_a_cpu_that_has_it_equals_fp32_within_the_bound_and_is_refused_elsewhe
         assert!(refused.contains("AVX512-BF16"), "{refused}");
         return;
     }
-    let refs = references("all_minilm_l6_v2");
-    // The fixture's sentences, and long mixed inputs up to the model's maximum length.
-    let mut texts: Vec<String> = refs
-        .iter()
-        .map(|r| r["text"].as_str().unwrap().to_string())
-        .collect();
-    for words in [40, 90, 200] {
-        texts.push(
-            (0..words)
-                .map(|i| {
-                    [
-                        "the",
-                        "server",
-                        "computes",
-                        "embeddings",
-                        "quickly",
-                        "for",
-                        "many",
-                    ][i % 7]
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
-    }
-    let spec = Arc::new(ModelSpec::load(&default_model_dir()).unwrap());
-    let tokenizer = BertTokenizer::load(&spec).unwrap();
-    let fp32 = Engine::new(Model::load(spec.clone(), tch::Device::Cpu, DType::F32.kind()).unwrap());
-    let bf16 =
-        Engine::new(Model::load(spec.clone(), tch::Device::Cpu, DType::Bf16.kind()).unwrap());
+    let (tokenizer, fp32) = load(&default_model_dir());
+    let spec = fp32.model().spec();
+    let bf16 = Engine::new(
+        Model::load(Arc::new(spec.clone()), tch::Device::Cpu, DType::Bf16.kind()).unwrap(),
+    );
     let task = embed(
         spec.default_pooling,
         spec.default_normalize,
         spec.num_layers(),
         None,
     );
-    let tokens: Vec<Tokenized> = texts
-        .iter()
-        .map(|t| {
+    // The fixture's sentences, and long inputs up to the model's maximum length.
+    let mut tokens = tokenize_all(&tokenizer, &references("all_minilm_l6_v2"));
+    const LONG_WORDS: [usize; 3] = [40, 90, 200];
+    for words in LONG_WORDS {
+        let text = vec!["the server computes embeddings quickly for many"; words / 7 + 1].join(" ");
+        tokens.push(
             tokenizer
-                .encode(&TextInput::single(t.as_str()), true)
-                .unwrap()
-        })
-        .collect();
+                .encode(&TextInput::single(text.as_str()), true)
+                .unwrap(),
+        );
+    }
     for chunk in tokens.chunks(16) {
         for (full, half) in run_batch(&fp32, chunk, task)
             .iter()

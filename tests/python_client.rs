@@ -5,12 +5,10 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::otlp::{Receiver, hex};
+use common::process::terminate;
 use common::*;
-
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct KillOnDrop(Option<Child>);
 
@@ -27,16 +25,7 @@ impl KillOnDrop {
     /// SIGTERM, and the exit within a bound: the server flushes its spans on the way out.
     fn stop(mut self) {
         let mut child = self.0.take().unwrap();
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            assert!(started.elapsed() < EXIT_TIMEOUT, "exits after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        terminate(&mut child);
     }
 }
 

@@ -7,16 +7,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::grpc::{encode_request, input};
 use common::otlp::{Received, Receiver, Span, attributes, hex};
+use common::process::{terminate, wait_serving};
 use common::*;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_client::HealthClient;
 
 use bertd::api::proto::bert::v1 as pb;
 use bertd::api::proto::bert::v1::encoder_client::EncoderClient;
@@ -31,8 +28,6 @@ const STREAM_PARENT: &str = "b7ad6b7169203331";
 const BAD_TRACE: &str = "5b8aa5a2d2c872e8321cf37308d69df2";
 const BAD_PARENT: &str = "051581bf3cb55c13";
 const STREAM_MESSAGES: usize = 2;
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SPAN_KIND_SERVER in OTLP.
 const SERVER: i32 = 2;
 
@@ -49,31 +44,6 @@ fn traced<T>(message: T, trace: &str, parent: &str) -> Request<T> {
         .metadata_mut()
         .insert("baggage", "tenant=team-a".parse().unwrap());
     request
-}
-
-async fn wait_serving(addr: &str) -> Channel {
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            let status = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await;
-            if status.is_ok_and(|s| s.into_inner().status == 1) {
-                return channel;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server became SERVING within {START_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// `bertd serve` on `addr` with the tiny model and `env` alone as its environment.
@@ -94,19 +64,7 @@ fn spawn_server(addr: &str, extra_args: &[&str], env: &[(&str, String)]) -> Chil
 
 /// SIGTERM, then the exit (which must be a success) within a bound; returns what it logged.
 fn stop_server(mut server: Child) -> String {
-    let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = std::time::Instant::now();
-    let exit = loop {
-        if let Some(exit) = server.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(started.elapsed() < EXIT_TIMEOUT, "exits after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = terminate(&mut server);
     let mut stderr = String::new();
     std::io::Read::read_to_string(server.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(exit.success(), "{exit}: {stderr}");

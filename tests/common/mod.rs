@@ -11,6 +11,7 @@ use bertd::model::{Model, ModelSpec};
 use bertd::tokenize::BertTokenizer;
 
 pub mod otlp;
+pub mod process;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -1,0 +1,41 @@
+# What bench/compare.sh and bench/sweep.sh share; sourced, with OUT set, from the repository root.
+# Environment: LINES (corpus lines, 2000), THREADS (the server's and the baselines' threads: all
+# cores), CONCURRENCY (streams, comma-separated: 1,4).
+LINES=${LINES:-2000}
+THREADS=${THREADS:-$(nproc)}
+CONCURRENCY=${CONCURRENCY:-1,4}
+PY=.venv/bin/python
+BERTD=./target/release/bertd
+mkdir -p "$OUT"
+
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# The machine and its load (absolute rates mean little without them), then the corpus.
+prepare() {
+  echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
+    "flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u | xargs)," \
+    "load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
+  "$PY" bench/corpus.py --lines "$LINES" --out "$OUT/corpus.txt"
+}
+
+# bench_server JSON [flags for `bertd serve`]: serves, drives the server with `bertd bench` over
+# the corpus (its padding ratio from /metrics, its peak memory from its process), writes JSON,
+# stops the server.
+bench_server() {
+  local json=$1 port metrics
+  shift
+  port=$(free_port)
+  metrics=$(free_port)
+  BERTD_TELEMETRY__METRICS_ADDR="127.0.0.1:$metrics" \
+    "$BERTD" serve --addr "127.0.0.1:$port" --cpu-threads "$THREADS" --log-level warn "$@" \
+    2> "$OUT/server.log" &
+  # Global, so that the trap still names it if the script ends while the server runs.
+  bench_pid=$!
+  trap 'kill "$bench_pid" 2> /dev/null || true' EXIT
+  "$BERTD" bench --server "http://127.0.0.1:$port" --corpus "$OUT/corpus.txt" \
+    --concurrency "$CONCURRENCY" --metrics "127.0.0.1:$metrics" --pid "$bench_pid" \
+    --json "$json" > /dev/null
+  kill -TERM "$bench_pid"
+  wait "$bench_pid" || true
+  trap - EXIT
+}
