@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: setup build run test lint bench compare fuzz soak fixtures clean
+.PHONY: setup build run test lint bench compare stream-memory gpu-pack fuzz soak fixtures clean
 
 setup: $(SETUP_STAMP)
 
@@ -46,6 +46,14 @@ bench: setup
 ## run (ratios). Extra server flags: make compare ARGS="--max-batch-size 16".
 compare: build
 	bench/compare.sh $(ARGS)
+
+## The server's resident memory through one stream of 1,000,000 inputs (INPUTS=...), sampled.
+stream-memory: build
+	bench/stream_memory.sh $(ARGS)
+
+## What bench/gpu.py needs on a lent GPU machine, in target/gpu (BENCHMARKS.md says how to run it).
+gpu-pack: setup
+	bench/gpu.sh
 
 ## Longer runs of what `make test` runs briefly: 2,000,000 generated requests; a 10-minute soak.
 fuzz: setup

@@ -1,6 +1,6 @@
 # What bench/compare.sh and bench/sweep.sh share; sourced, with OUT set, from the repository root.
 # Environment: LINES (corpus lines, 2000), THREADS (the server's and the baselines' threads: all
-# cores), CONCURRENCY (streams, comma-separated: 1,4).
+# cores), CONCURRENCY (streams, comma-separated: 1,4), BENCH_FLAGS (more flags for `bertd bench`).
 LINES=${LINES:-2000}
 THREADS=${THREADS:-$(nproc)}
 CONCURRENCY=${CONCURRENCY:-1,4}
@@ -10,12 +10,17 @@ mkdir -p "$OUT"
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# The machine and its load (absolute rates mean little without them), then the corpus.
+# The machine, then the realistic corpus.
 prepare() {
+  describe_machine
+  "$PY" bench/corpus.py --lines "$LINES" --out "$OUT/corpus.txt"
+}
+
+# The machine and its load: absolute rates mean little without them.
+describe_machine() {
   echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
     "flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u | xargs)," \
     "load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
-  "$PY" bench/corpus.py --lines "$LINES" --out "$OUT/corpus.txt"
 }
 
 # bench_server JSON [flags for `bertd serve`]: serves, drives the server with `bertd bench` over
@@ -34,7 +39,7 @@ bench_server() {
   trap 'kill "$bench_pid" 2> /dev/null || true' EXIT
   "$BERTD" bench --server "http://127.0.0.1:$port" --corpus "$OUT/corpus.txt" \
     --concurrency "$CONCURRENCY" --metrics "127.0.0.1:$metrics" --pid "$bench_pid" \
-    --json "$json" > /dev/null
+    --json "$json" ${BENCH_FLAGS:-} > /dev/null
   kill -TERM "$bench_pid"
   wait "$bench_pid" || true
   trap - EXIT

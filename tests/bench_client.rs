@@ -2,6 +2,7 @@
 //! what it reports adds up (tokens, padding ratio from the server's metrics, peak memory).
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::grpc::*;
@@ -59,8 +60,44 @@ async fn bench_answers_every_input_in_each_run_and_reports_padding_and_memory() 
                 run["latency_ms_p99"].as_f64().unwrap(),
             );
             assert!(p50 > 0.0 && p50 <= p99, "{p50} {p99}");
+            assert!(run["forward_ms_mean"].as_f64().unwrap() > 0.0, "{run}");
+            let rss = |field: &str| run[field].as_u64().unwrap();
+            assert!(rss("server_rss_bytes_start") > 0, "{run}");
+            assert!(
+                rss("server_rss_bytes_max") >= rss("server_rss_bytes_start"),
+                "{run}"
+            );
+            assert!(
+                rss("server_rss_bytes_max") >= rss("server_rss_bytes_end"),
+                "{run}"
+            );
         }
     }
+}
+
+/// Times the corpus is cycled through in the `--inputs` run.
+const CYCLES: usize = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_cycles_through_the_corpus_for_the_inputs_asked() {
+    let server = serve(settings(&model_dir("bert_tiny"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "one\ntwo words\nthree words here\n").unwrap();
+    let inputs = 3 * CYCLES + 1;
+    let json = dir.path().join("cycle.json");
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_bertd"))
+            .args(["bench", "--server", &format!("http://{}", server.addr)])
+            .args(["--corpus", corpus.to_str().unwrap(), "--concurrency", "2"])
+            .args(["--inputs-per-request", "2", "--inputs", &inputs.to_string()])
+            .args(["--json", json.to_str().unwrap()]),
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &report["runs"][0];
+    assert_eq!(run["inputs"], inputs);
+    // Without --metrics and --pid, what they would measure is absent rather than made up.
+    assert!(run["forward_ms_mean"].is_null() && run["server_rss_bytes_max"].is_null());
 }
 
 #[test]
@@ -73,21 +110,27 @@ fn bench_names_a_missing_corpus() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--corpus /nonexistent/corpus.txt"));
 }
 
+/// bench/corpus.py's realistic corpus of `lines` lines at `path`.
+fn write_corpus(path: &Path, lines: usize) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    succeed(
+        Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("bench/corpus.py"))
+            .args(["--lines", &lines.to_string()])
+            .args(["--out", path.to_str().unwrap()]),
+    );
+}
+
 /// Lines the baselines encode in the test: enough for two sorted batches.
 const BASELINE_LINES: usize = 40;
 
 #[test]
 fn the_python_baselines_run_and_agree_with_sentence_transformers() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.txt");
     let python = root.join(".venv/bin/python");
-    succeed(
-        Command::new(&python)
-            .arg(root.join("bench/corpus.py"))
-            .args(["--lines", &BASELINE_LINES.to_string()])
-            .args(["--out", corpus.to_str().unwrap()]),
-    );
+    write_corpus(&corpus, BASELINE_LINES);
     let lines = std::fs::read_to_string(&corpus).unwrap();
     let words: Vec<usize> = lines
         .lines()
@@ -121,5 +164,79 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
     for baseline in ["torch_sorted", "onnx_fp32"] {
         let cosine = report[baseline]["min_cosine"].as_f64().unwrap();
         assert!(cosine >= 0.9999, "{baseline}: min cosine {cosine}");
+    }
+}
+
+/// Corpus lines of the GPU script's dry run: its checks and its throughput runs.
+const DRY_RUN_LINES: usize = 48;
+
+/// bench/gpu.py, the script a lent GPU machine runs, run here on CPU: the same code path with
+/// `--device cpu` (only the device and the precisions differ), so that it is ready when a GPU is.
+#[test]
+fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    // What bench/gpu.sh carries: the default model without its weights, and a corpus.
+    let assets = dir.path().join("assets");
+    std::fs::create_dir(&assets).unwrap();
+    succeed(
+        Command::new("cp")
+            .arg("-r")
+            .arg(bertd::config::default_model_dir())
+            .arg(assets.join("model")),
+    );
+    std::fs::remove_file(assets.join("model/model.safetensors")).unwrap();
+    write_corpus(&assets.join("corpus.txt"), DRY_RUN_LINES);
+    let out = dir.path().join("out");
+    succeed(
+        Command::new(root.join(".venv/bin/python"))
+            .arg(root.join("bench/gpu.py"))
+            .args(["--bertd", env!("CARGO_BIN_EXE_bertd")])
+            .args(["--assets", assets.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .args([
+                "--device",
+                "cpu",
+                "--dtypes",
+                "fp32",
+                "--serve-dtype",
+                "fp32",
+            ])
+            .args(["--shapes", "minilm", "--concurrency", "1,2"]),
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("gpu.json")).unwrap()).unwrap();
+    let checks = report["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "fixture bert_tiny mean",
+        "fixture sentence_transformers",
+        "fixture classifier_single softmax",
+        "fixture classifier_multi sigmoid",
+        "random minilm",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    for check in checks {
+        assert_eq!(check["ok"], true, "{check}");
+        assert!(check["max_abs_diff"].as_f64().unwrap() <= 1e-4, "{check}");
+    }
+    let random = checks
+        .iter()
+        .find(|c| c["check"] == "random minilm")
+        .unwrap();
+    assert_eq!(random["inputs"], DRY_RUN_LINES);
+    let speed = &report["speeds"][0];
+    assert!(speed["ceiling"]["inputs_per_s"].as_f64().unwrap() > 0.0);
+    let runs = speed["bench"]["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "one run per concurrency");
+    for run in runs {
+        assert_eq!(run["inputs"], DRY_RUN_LINES);
     }
 }

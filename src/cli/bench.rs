@@ -7,6 +7,13 @@
 //!   EncodeStream, `--inputs-per-request` a message; a message's latency runs from the moment the
 //!   client hands it to gRPC to its response.
 //! - `--mode unary`: each client sends its share as Encode calls, one at a time.
+//! - `--inputs N`: each run sends N inputs, cycling through the corpus; requests are made as they
+//!   are sent, so a run of millions costs the client no more memory than one of hundreds.
+//!
+//! With `--metrics`, each run also reports the server's mean forward time per batch, so that the
+//! latency a client sees can be set against the compute inside it; with `--pid`, the server's
+//! resident memory at the start of each run, its maximum during it (sampled every RSS_EVERY) and
+//! at its end: flat under a long stream when the server's memory is bounded.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -43,6 +50,9 @@ pub struct BenchArgs {
     /// Inputs per request message.
     #[arg(long, default_value_t = 16)]
     inputs_per_request: usize,
+    /// Inputs per run, cycling through the corpus; defaults to the corpus once.
+    #[arg(long)]
+    inputs: Option<usize>,
     /// The server's metrics endpoint (HOST:PORT), for its padding ratio.
     #[arg(long)]
     metrics: Option<String>,
@@ -71,7 +81,16 @@ struct Run {
     latency_ms_p99: f64,
     /// Real over padded tokens in the server's batches during the run.
     padding_ratio: Option<f64>,
+    /// The server's mean forward time per batch during the run.
+    forward_ms_mean: Option<f64>,
+    /// The server's resident memory before the run, at most during it, and after it.
+    server_rss_bytes_start: Option<u64>,
+    server_rss_bytes_max: Option<u64>,
+    server_rss_bytes_end: Option<u64>,
 }
+
+/// How often the server's resident memory is read during a run.
+const RSS_EVERY: Duration = Duration::from_millis(250);
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.corpus)
@@ -84,47 +103,27 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if texts.is_empty() {
         bail!("--corpus {}: no lines", args.corpus.display());
     }
-    if args.inputs_per_request == 0 || args.concurrency.contains(&0) {
-        bail!("--inputs-per-request and --concurrency must be at least 1");
+    if args.inputs_per_request == 0 || args.concurrency.contains(&0) || args.inputs == Some(0) {
+        bail!("--inputs-per-request, --concurrency and --inputs must be at least 1");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let plan = Plan {
+        texts: texts.into(),
+        per_request: args.inputs_per_request,
+        total: 0,
+    };
     runtime.block_on(async {
         let channel = connect(&args.server, Duration::from_secs(args.connect_timeout_s)).await?;
         let mut runs = Vec::new();
         for &concurrency in &args.concurrency {
-            let before = match &args.metrics {
-                Some(addr) => Some(padding(addr).await?),
-                None => None,
-            };
-            let run = run(&args, &channel, &texts, concurrency).await?;
-            let padding_ratio = match (&args.metrics, before) {
-                (Some(addr), Some((real0, padded0))) => {
-                    let (real, padded) = padding(addr).await?;
-                    (padded > padded0).then(|| (real - real0) / (padded - padded0))
-                }
-                _ => None,
-            };
-            let run = Run {
-                padding_ratio,
-                ..run
-            };
-            eprintln!(
-                "{:?} x{}: {:.1} inputs/s, {:.0} tokens/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, padding ratio {}",
-                run.mode,
-                run.concurrency,
-                run.inputs_per_s,
-                run.tokens_per_s,
-                run.latency_ms_p50,
-                run.latency_ms_p90,
-                run.latency_ms_p99,
-                run.padding_ratio
-                    .map_or("-".to_string(), |r| format!("{r:.3}"))
-            );
-            runs.push(run);
+            runs.push(measure(&args, &channel, &plan, concurrency).await?);
         }
-        let peak_rss = args.pid.map(peak_resident_bytes).transpose()?;
+        let peak_rss = args
+            .pid
+            .map(|pid| status_bytes(pid, "VmHWM:"))
+            .transpose()?;
         let report = json!({
             "server": args.server,
             "corpus": args.corpus,
@@ -140,6 +139,66 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{text}");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// One run, with what the server's metrics and process say about it.
+async fn measure(
+    args: &BenchArgs,
+    channel: &Channel,
+    plan: &Plan,
+    concurrency: usize,
+) -> anyhow::Result<Run> {
+    // One short warm-up call, so the run does not pay for the first connection's set-up.
+    let warm_up = Plan {
+        total: 1,
+        per_request: 1,
+        ..plan.clone()
+    };
+    unary_client(channel.clone(), warm_up.share(0, 1)).await?;
+    let plan = Plan {
+        total: args.inputs.unwrap_or(plan.texts.len()),
+        ..plan.clone()
+    };
+    let before = match &args.metrics {
+        Some(addr) => Some(Counters::scrape(addr).await?),
+        None => None,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let sampler = args.pid.map(|pid| tokio::spawn(sample_rss(pid, stopped)));
+    let run = run(args.mode, channel, &plan, concurrency).await?;
+    let _ = stop.send(());
+    let rss = match sampler {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
+    let (padding_ratio, forward_ms_mean) = match (&args.metrics, before) {
+        (Some(addr), Some(before)) => Counters::scrape(addr).await?.since(&before),
+        _ => (None, None),
+    };
+    let run = Run {
+        padding_ratio,
+        forward_ms_mean,
+        server_rss_bytes_start: rss.map(|r| r.0),
+        server_rss_bytes_max: rss.map(|r| r.1),
+        server_rss_bytes_end: rss.map(|r| r.2),
+        ..run
+    };
+    let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    eprintln!(
+        "{:?} x{}: {:.1} inputs/s, {:.0} tokens/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, padding ratio {}, forward {} ms/batch, RSS max {} MiB",
+        run.mode,
+        run.concurrency,
+        run.inputs_per_s,
+        run.tokens_per_s,
+        run.latency_ms_p50,
+        run.latency_ms_p90,
+        run.latency_ms_p99,
+        shown(run.padding_ratio),
+        shown(run.forward_ms_mean),
+        run.server_rss_bytes_max
+            .map_or("-".to_string(), |b| (b >> 20).to_string()),
+    );
+    Ok(run)
 }
 
 /// A channel to the server once its health says SERVING (it may still be loading its model).
@@ -170,23 +229,59 @@ async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
     }
 }
 
-/// Each client's requests: the corpus cut into messages, dealt out in turn.
-fn requests(texts: &[String], per_request: usize, clients: usize) -> Vec<Vec<pb::EncodeRequest>> {
-    let mut shares: Vec<Vec<pb::EncodeRequest>> = (0..clients).map(|_| Vec::new()).collect();
-    for (i, chunk) in texts.chunks(per_request).enumerate() {
-        shares[i % clients].push(pb::EncodeRequest {
+/// The inputs of a run: `total` of them, cycling through the corpus, `per_request` a message.
+#[derive(Clone)]
+struct Plan {
+    texts: Arc<[String]>,
+    per_request: usize,
+    total: usize,
+}
+
+impl Plan {
+    /// The messages of client `client` of `clients`: the run's messages dealt out in turn.
+    fn share(&self, client: usize, clients: usize) -> Share {
+        Share {
+            plan: self.clone(),
+            next: client,
+            step: clients,
+        }
+    }
+
+    /// Message `i`: the run's inputs from `i * per_request`, cycling through the corpus.
+    fn message(&self, i: usize) -> pb::EncodeRequest {
+        let first = i * self.per_request;
+        let last = (first + self.per_request).min(self.total);
+        pb::EncodeRequest {
             id: i.to_string(),
-            inputs: chunk
-                .iter()
-                .map(|t| pb::TextInput {
-                    text: t.clone(),
+            inputs: (first..last)
+                .map(|n| pb::TextInput {
+                    text: self.texts[n % self.texts.len()].clone(),
                     text_pair: None,
                 })
                 .collect(),
             options: None,
-        });
+        }
     }
-    shares
+}
+
+/// A client's messages, made as they are sent.
+struct Share {
+    plan: Plan,
+    next: usize,
+    step: usize,
+}
+
+impl Iterator for Share {
+    type Item = pb::EncodeRequest;
+
+    fn next(&mut self) -> Option<pb::EncodeRequest> {
+        let i = self.next;
+        if i * self.plan.per_request >= self.plan.total {
+            return None;
+        }
+        self.next += self.step;
+        Some(self.plan.message(i))
+    }
 }
 
 /// What one client saw: inputs and tokens answered, and each message's latency.
@@ -206,7 +301,7 @@ fn count(seen: &mut Seen, response: &pb::EncodeResponse) {
         .sum::<u64>();
 }
 
-async fn stream_client(channel: Channel, requests: Vec<pb::EncodeRequest>) -> anyhow::Result<Seen> {
+async fn stream_client(channel: Channel, requests: Share) -> anyhow::Result<Seen> {
     let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let stamps = sent.clone();
     let outbound = tokio_stream::iter(requests).map(move |r| {
@@ -233,7 +328,7 @@ async fn stream_client(channel: Channel, requests: Vec<pb::EncodeRequest>) -> an
     Ok(seen)
 }
 
-async fn unary_client(channel: Channel, requests: Vec<pb::EncodeRequest>) -> anyhow::Result<Seen> {
+async fn unary_client(channel: Channel, requests: Share) -> anyhow::Result<Seen> {
     let mut client = EncoderClient::new(channel).max_decoding_message_size(64 << 20);
     let mut seen = Seen::default();
     for request in requests {
@@ -245,21 +340,19 @@ async fn unary_client(channel: Channel, requests: Vec<pb::EncodeRequest>) -> any
     Ok(seen)
 }
 
+/// What the clients see of one run.
 async fn run(
-    args: &BenchArgs,
+    mode: Mode,
     channel: &Channel,
-    texts: &[String],
+    plan: &Plan,
     concurrency: usize,
 ) -> anyhow::Result<Run> {
-    // One short warm-up call, so the run does not pay for the first connection's set-up.
-    unary_client(channel.clone(), requests(&texts[..1], 1, 1).remove(0)).await?;
-    let shares = requests(texts, args.inputs_per_request, concurrency);
     let start = Instant::now();
-    let clients: Vec<_> = shares
-        .into_iter()
-        .map(|share| {
+    let clients: Vec<_> = (0..concurrency)
+        .map(|client| {
             let channel = channel.clone();
-            match args.mode {
+            let share = plan.share(client, concurrency);
+            match mode {
                 Mode::Stream => tokio::spawn(stream_client(channel, share)),
                 Mode::Unary => tokio::spawn(unary_client(channel, share)),
             }
@@ -273,8 +366,8 @@ async fn run(
         all.latencies.extend(seen.latencies);
     }
     let seconds = start.elapsed().as_secs_f64();
-    if all.inputs != texts.len() {
-        bail!("{} of {} inputs answered", all.inputs, texts.len());
+    if all.inputs != plan.total {
+        bail!("{} of {} inputs answered", all.inputs, plan.total);
     }
     all.latencies.sort();
     let percentile = |p: usize| {
@@ -282,7 +375,7 @@ async fn run(
         all.latencies[at].as_secs_f64() * 1e3
     };
     Ok(Run {
-        mode: args.mode,
+        mode,
         concurrency,
         inputs: all.inputs,
         seconds,
@@ -292,40 +385,88 @@ async fn run(
         latency_ms_p90: percentile(90),
         latency_ms_p99: percentile(99),
         padding_ratio: None,
+        forward_ms_mean: None,
+        server_rss_bytes_start: None,
+        server_rss_bytes_max: None,
+        server_rss_bytes_end: None,
     })
 }
 
-/// Real and padded tokens the server has computed, from its metrics endpoint.
-async fn padding(addr: &str) -> anyhow::Result<(f64, f64)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("--metrics {addr}"))?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: bertd\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    let sum = |prefix: &str| -> f64 {
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    Ok((
-        sum("bertd_tokens_computed_total "),
-        sum("bertd_batch_padded_tokens_sum"),
-    ))
+/// What the server has counted so far, from its metrics endpoint.
+struct Counters {
+    real_tokens: f64,
+    padded_tokens: f64,
+    forward_seconds: f64,
+    batches: f64,
 }
 
-/// The process's peak resident memory (VmHWM), in bytes.
-fn peak_resident_bytes(pid: u32) -> anyhow::Result<u64> {
+impl Counters {
+    async fn scrape(addr: &str) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("--metrics {addr}"))?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: bertd\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        // Summed over label sets (devices): `name{...} value` or `name value`.
+        let sum = |name: &str| -> f64 {
+            body.lines()
+                .filter(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        Ok(Self {
+            real_tokens: sum("bertd_tokens_computed_total"),
+            padded_tokens: sum("bertd_batch_padded_tokens_sum"),
+            forward_seconds: sum("bertd_batch_forward_duration_seconds_sum"),
+            batches: sum("bertd_batch_forward_duration_seconds_count"),
+        })
+    }
+
+    /// Real over padded tokens, and the mean forward time in ms, since `before`.
+    fn since(&self, before: &Self) -> (Option<f64>, Option<f64>) {
+        let padded = self.padded_tokens - before.padded_tokens;
+        let batches = self.batches - before.batches;
+        (
+            (padded > 0.0).then(|| (self.real_tokens - before.real_tokens) / padded),
+            (batches > 0.0)
+                .then(|| (self.forward_seconds - before.forward_seconds) / batches * 1e3),
+        )
+    }
+}
+
+/// The server's resident memory before, at most during, and after the run (until `stop`).
+async fn sample_rss(
+    pid: u32,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let start = status_bytes(pid, "VmRSS:")?;
+    let mut max = start;
+    let mut tick = tokio::time::interval(RSS_EVERY);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => max = max.max(status_bytes(pid, "VmRSS:")?),
+        }
+    }
+    let end = status_bytes(pid, "VmRSS:")?;
+    Ok((start, max.max(end), end))
+}
+
+/// A memory figure of the process from /proc/PID/status (`field`: VmRSS:, VmHWM:), in bytes.
+fn status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("--pid {pid}: {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kib| kib * 1024)
-        .with_context(|| format!("--pid {pid}: no VmHWM in {path}"))
+        .with_context(|| format!("--pid {pid}: no {field} in {path}"))
 }
