@@ -4,13 +4,15 @@
 //! (admission, the queue and its scheduler, the workers' loop that runs batches and replies) →
 //! `engine` (compute only: a batch in, outputs out) → `model` (BERT on libtorch). `server` wires
 //! them together and owns the server's life; `tokenize` (text to ids), `config` (what the
-//! operator chose) and `telemetry` (logs, traces, metrics) stand beside. A lower layer never
+//! operator chose), `security` (TLS, API keys and their quotas) and `telemetry` (logs, traces,
+//! metrics) stand beside. A lower layer never
 //! imports a higher one.
 pub mod api;
 pub mod batch;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod security;
 pub mod server;
 pub mod telemetry;
 pub mod tokenize;

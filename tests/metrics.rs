@@ -3,13 +3,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::grpc::*;
+use common::scrape::{Metrics, get};
 use common::*;
-use prometheus_parse::{Sample, Scrape, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 use bertd::api::proto::bert::v1 as pb;
@@ -24,93 +22,6 @@ const STREAM_INPUTS: usize = 3;
 const BAD_REQUESTS: usize = 2;
 /// How long the server may take to notice the cancelled stream.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The body of `GET path` over HTTP/1.1.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: bertd\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-type: "))
-        .unwrap_or_default()
-        .to_string();
-    (status, content_type, body.to_string())
-}
-
-struct Metrics(Vec<Sample>);
-
-impl Metrics {
-    async fn scrape(addr: SocketAddr) -> Metrics {
-        let (status, content_type, body) = get(addr, "/metrics").await;
-        assert_eq!(status, 200);
-        assert!(
-            content_type.starts_with("application/openmetrics-text"),
-            "{content_type}"
-        );
-        let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
-        Metrics(scrape.samples)
-    }
-
-    /// The value of the one sample named `name` whose labels include `labels`.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let matching: Vec<&Sample> = self
-            .0
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .collect();
-        match matching.as_slice() {
-            [one] => match &one.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-                other => panic!("{name}: not a number: {other:?}"),
-            },
-            [] => 0.0,
-            many => panic!("{name} {labels:?}: {} samples", many.len()),
-        }
-    }
-
-    /// Sum over every sample named `name` whose labels include `labels`.
-    fn total(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .map(|s| match &s.value {
-                Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
-                other => panic!("{name}: not a number: {other:?}"),
-            })
-            .sum()
-    }
-
-    /// The number of observations in a histogram, from its buckets (the +Inf one).
-    fn observations(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let histograms: Vec<&Sample> = self
-            .0
-            .iter()
-            .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .collect();
-        histograms
-            .iter()
-            .map(|s| match &s.value {
-                Value::Histogram(buckets) => {
-                    buckets
-                        .iter()
-                        .find(|b| b.less_than.is_infinite())
-                        .expect("a +Inf bucket")
-                        .count
-                }
-                other => panic!("{name}: not a histogram: {other:?}"),
-            })
-            .sum()
-    }
-}
 
 const ENCODER: (&str, &str) = ("service", "bert.v1.Encoder");
 

@@ -84,3 +84,51 @@ fn a_python_client_generated_from_the_proto_works_and_its_trace_continues() {
     assert_eq!(continued.len(), 1, "one server span continues the client's");
     assert_eq!(continued[0].span.name, "bert.v1.Encoder/Encode");
 }
+
+/// The key the Python client sends.
+const PYTHON_KEY: &str = "python-client-key-0c8e5a1f7b";
+
+#[test]
+fn a_python_client_works_over_tls_with_an_api_key() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ca = common::tls::Ca::new("bertd test CA");
+    let (cert, key) = ca.server_cert();
+    let keys = format!("python {PYTHON_KEY}\n");
+    let secret =
+        common::tls::SecretDir::new(&[("tls.crt", &cert), ("tls.key", &key), ("keys", &keys)]);
+    let ca_file = secret.path("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let addr = free_addr();
+    let server = KillOnDrop(Some(
+        Command::new(env!("CARGO_BIN_EXE_bertd"))
+            .args(["serve", "--addr", &addr])
+            .arg("--model")
+            .arg(model_dir("classifier_single"))
+            .arg("--tls-cert")
+            .arg(secret.path("tls.crt"))
+            .arg("--tls-key")
+            .arg(secret.path("tls.key"))
+            .arg("--api-keys-file")
+            .arg(secret.path("keys"))
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let out = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/python/client_test.py"))
+        .args(["--addr", &addr, "--api-key", PYTHON_KEY])
+        .arg("--ca")
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("10 passed, 0 failed"), "{stdout}");
+    server.stop();
+}

@@ -2,6 +2,7 @@
 //! predictions, deadlines) and the status codes they answer with. Everything behind them (the
 //! queue, the workers, the server's life) is another layer's; handlers read what they need from
 //! `AppState`.
+pub mod auth;
 mod classifier;
 mod deadline;
 mod encoder;

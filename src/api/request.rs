@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::AppState;
+use super::auth::{Caller, charge};
 use super::deadline::deadline;
 use super::error::ApiError;
 use super::proto::bert::v1 as pb;
@@ -74,7 +75,9 @@ pub async fn unary<C: Call>(
     request: Request<C::Request>,
 ) -> Result<Response<C::Response>, Status> {
     let deadline = deadline(request.metadata(), state.settings.max_deadline());
+    let caller = request.extensions().get::<Caller>().cloned();
     let checked = check::<C>(state, request.into_inner())?;
+    let _quota = charge(caller.as_ref(), checked.inputs(), &state.metrics)?;
     let _bytes = state
         .budgets
         .unary
@@ -95,7 +98,16 @@ pub fn streamed<C: Call>(
     request: Request<Streaming<C::Request>>,
 ) -> Response<ResponseStream<C::Response>> {
     let deadline = deadline(request.metadata(), state.settings.max_deadline());
-    Response::new(ordered::<C>(state.clone(), request.into_inner(), deadline))
+    let quota = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.key.clone());
+    Response::new(ordered::<C>(
+        state.clone(),
+        quota,
+        request.into_inner(),
+        deadline,
+    ))
 }
 
 impl From<pb::TextInput> for TextInput {

@@ -32,9 +32,11 @@ use tracing::Instrument;
 use crate::telemetry::metrics::MethodLabels;
 
 use super::AppState;
+use super::auth::{Charged, charge_waiting};
 use super::error::ApiError;
 use super::request::{Call, check, echoed_id, execute};
 use crate::batch::budget::{ByteBudget, BytesHeld};
+use crate::security::quota::Quota;
 
 /// What a stream handler returns to tonic.
 pub type ResponseStream<T> = ReceiverStream<Result<T, Status>>;
@@ -59,6 +61,7 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// What one request holds until its response has been handed to the transport.
 struct Held {
+    _quota: Charged,
     _inputs: OwnedSemaphorePermit,
     _stream_bytes: BytesHeld,
     _all_streams_bytes: BytesHeld,
@@ -86,6 +89,7 @@ enum Answer<Resp> {
 /// Runs each request of `inbound` and streams the responses back in order.
 pub fn ordered<C: Call>(
     state: Arc<AppState>,
+    quota: Option<Arc<Quota>>,
     inbound: Streaming<C::Request>,
     deadline: Option<Instant>,
 ) -> ResponseStream<C::Response> {
@@ -100,7 +104,9 @@ pub fn ordered<C: Call>(
     let sent = metrics.messages_sent.get_or_create_owned(&labels);
     metrics.streams.inc();
     let open = OpenStream(metrics.streams.clone());
-    tokio::spawn(read::<C>(state, inbound, deadline, pending_tx, out_tx.clone()).in_current_span());
+    tokio::spawn(
+        read::<C>(state, quota, inbound, deadline, pending_tx, out_tx.clone()).in_current_span(),
+    );
     tokio::spawn(
         async move {
             write::<C>(pending_rx, out_tx, sent).await;
@@ -123,6 +129,7 @@ impl Drop for OpenStream {
 /// Reader: takes messages as the windows, the budget and the queue allow.
 async fn read<C: Call>(
     state: Arc<AppState>,
+    quota: Option<Arc<Quota>>,
     mut inbound: Streaming<C::Request>,
     deadline: Option<Instant>,
     pending: mpsc::Sender<Pending<C::Response>>,
@@ -177,6 +184,11 @@ async fn read<C: Call>(
             Err(_) => (1, REFUSAL_BYTES),
         };
         let take = async {
+            // The key's quota first: a stream over its key's rate waits here, holding nothing.
+            let charged = match &checked {
+                Ok(c) => charge_waiting(quota.as_ref(), c.inputs(), &state.metrics).await,
+                Err(_) => Ok(None),
+            };
             let inputs = inputs_window
                 .clone()
                 .acquire_many_owned(inputs.clamp(1, window) as u32)
@@ -184,17 +196,27 @@ async fn read<C: Call>(
                 .expect("the window is never closed");
             let stream_bytes = bytes_window.take(bytes).await;
             let all_streams_bytes = state.budgets.streams.take(bytes).await;
-            Held {
+            let (quota, refused) = match charged {
+                Ok(quota) => (quota, None),
+                Err(refused) => (None, Some(refused)),
+            };
+            let held = Held {
+                _quota: quota,
                 _inputs: inputs,
                 _stream_bytes: stream_bytes,
                 _all_streams_bytes: all_streams_bytes,
-            }
+            };
+            (held, refused)
         };
-        let held = tokio::select! {
+        let (held, refused) = tokio::select! {
             biased;
             _ = draining.cancelled() => break,
             _ = out.closed() => return,
-            held = take => held,
+            taken = take => taken,
+        };
+        let checked = match refused {
+            Some(refused) => Err(refused),
+            None => checked,
         };
         let answer = match checked {
             Err(error) => Answer::Ready(C::failed(id.clone(), error.to_rpc_status())),

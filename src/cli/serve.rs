@@ -50,23 +50,34 @@ pub struct ServeArgs {
     /// Log lines as text or JSON (log.format).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// PEM certificate chain: serve TLS (server.tls.cert, with --tls-key).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (server.tls.key).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates it signed, mTLS (server.tls.client_ca).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// API keys, `NAME KEY` a line (auth.api_keys_file).
+    #[arg(long)]
+    api_keys_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
         let mut overrides: Overrides = Vec::new();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| config::Value::from(p.to_string_lossy().into_owned()))
+        };
         let mut set = |key: &'static str, value: Option<config::Value>| {
             if let Some(v) = value {
                 overrides.push((key, v));
             }
         };
         set("server.addr", self.addr.map(|a| a.to_string().into()));
-        set(
-            "model.dir",
-            self.model
-                .as_ref()
-                .map(|p| p.to_string_lossy().into_owned().into()),
-        );
+        set("model.dir", path(&self.model));
         set(
             "engine.devices",
             self.devices
@@ -94,6 +105,10 @@ impl ServeArgs {
             "batching.max_batch_delay_ms",
             self.max_batch_delay_ms.map(Into::into),
         );
+        set("server.tls.cert", path(&self.tls_cert));
+        set("server.tls.key", path(&self.tls_key));
+        set("server.tls.client_ca", path(&self.tls_client_ca));
+        set("auth.api_keys_file", path(&self.api_keys_file));
         set("log.level", self.log_level.clone().map(Into::into));
         set(
             "log.format",

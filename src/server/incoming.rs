@@ -2,6 +2,9 @@
 //! stops accepting (clients wait in the listen backlog) until a connection closes; each accepted
 //! connection holds its place until it is dropped. TCP_NODELAY is set on every connection:
 //! without it, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
+//!
+//! Under TLS (`tls`), each connection's handshake runs as a task of its own, bounded in time, so
+//! a slow or silent client delays nobody else; it takes the certificates current when it starts.
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,9 +13,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_stream::Stream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::security::tls::Certificates;
 
 /// An accepted connection and its place under the cap.
 pub struct Connection {
@@ -52,6 +61,53 @@ pub fn incoming(
             }
         }
     })
+}
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshaken connections waiting for the server to take them.
+const HANDSHAKEN_BUFFER: usize = 16;
+
+/// The TLS connections of `plain`, each with the certificates current at its handshake. A
+/// failed handshake is the client's affair (a wrong CA, no client certificate under mTLS, plain
+/// text): it closes that connection only. Dropping the stream stops accepting.
+pub fn tls(
+    plain: impl Stream<Item = Result<Connection, io::Error>> + Send + 'static,
+    certificates: Arc<Certificates>,
+) -> impl Stream<Item = Result<TlsStream<Connection>, io::Error>> {
+    let (handshaken, taken) = mpsc::channel(HANDSHAKEN_BUFFER);
+    tokio::spawn(async move {
+        tokio::pin!(plain);
+        loop {
+            let next = tokio::select! {
+                _ = handshaken.closed() => return,
+                next = plain.next() => next,
+            };
+            let connection = match next {
+                None => return,
+                Some(Err(e)) => {
+                    if handshaken.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Ok(connection)) => connection,
+            };
+            let acceptor = TlsAcceptor::from(certificates.current());
+            let handshaken = handshaken.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(connection)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = handshaken.send(Ok(stream)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(taken)
 }
 
 /// Errors of one connection, which say nothing about the next one.

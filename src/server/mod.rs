@@ -15,6 +15,9 @@
 mod calls;
 mod incoming;
 mod metrics;
+mod security;
+
+use security::Security;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,7 +37,7 @@ use crate::api::{self, AppState, Budgets, DrainingHealth, SERVICES};
 use crate::batch::budget::ByteBudget;
 use crate::batch::pool::{LoadReplica, PoolConfig, PoolStatus, WorkerPool};
 use crate::batch::{JobError, Scheduler, SchedulerConfig, Stats};
-use crate::config::{ConfigError, Settings};
+use crate::config::{ConfigError, ReflectionAccess, Settings};
 use crate::engine::Compute;
 use crate::engine::replica::ReplicaPlan;
 use crate::model::{ModelError, ModelSpec};
@@ -64,6 +67,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("reading the served descriptors: {0}")]
     Descriptors(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
     #[error("the server was stopped before it was ready")]
     StoppedBeforeReady,
     #[error("the server's life ended in a panic: {0}")]
@@ -200,6 +205,7 @@ pub struct Parts {
     stats: Arc<Stats>,
     replicas: Replicas,
     metrics: Option<TcpListener>,
+    security: Security,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
@@ -217,7 +223,9 @@ impl Parts {
         spec.max_length = settings.max_input_tokens(spec.max_length)?;
         let spec = Arc::new(spec);
         let tokenizer = Arc::new(BertTokenizer::load(&spec)?);
+        let security = Security::load(&settings)?;
         Ok(Parts {
+            security,
             settings,
             spec,
             tokenizer,
@@ -273,6 +281,7 @@ pub async fn run(
         stats,
         replicas,
         metrics: metrics_listener,
+        security,
     } = parts;
     let local = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: settings.server.addr,
@@ -355,6 +364,11 @@ pub async fn run(
     let (reporter, health_service) = health(&draining);
     let has_classifier = spec.classifier.is_some();
     set_health(&reporter, ServingStatus::NotServing, has_classifier).await;
+    security.warn_if_exposed(local);
+    let stop_reloading = CancellationToken::new();
+    security.keep_reloaded(&stop_reloading, &state.metrics);
+    let _stop_reloading = stop_reloading.drop_guard();
+    let reflection_access = security.reflection(local);
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(api::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -376,19 +390,28 @@ pub async fn run(
         tonic_health::pb::FILE_DESCRIPTOR_SET,
         tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     ])?;
-    let router = builder
+    // Outermost first: the call's span, then who calls (before the call takes a place).
+    let mut router = builder
         .layer(Observe::new(state.metrics.clone(), methods, local))
+        .layer(security.authenticate(reflection_access, state.metrics.clone()))
         .layer(calls::CallLimit::new(server.max_concurrent_calls))
         .layer(OversizeIsResourceExhausted)
         .add_routes(api::routes(&state))
-        .add_service(health_service)
-        .add_service(reflection);
+        .add_service(health_service);
+    if reflection_access != ReflectionAccess::Off {
+        router = router.add_service(reflection);
+    }
     let stop_accepting = CancellationToken::new();
     let accepting = stop_accepting.clone();
-    let mut serving = tokio::spawn(router.serve_with_incoming_shutdown(
-        incoming::incoming(listener, server.max_connections),
-        async move { accepting.cancelled().await },
-    ));
+    let connections = incoming::incoming(listener, server.max_connections);
+    let stopped = async move { accepting.cancelled().await };
+    let mut serving = match &security.tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(connections, stopped)),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            incoming::tls(connections, tls.certificates.clone()),
+            stopped,
+        )),
+    };
 
     // Start: until the workers are up, a shutdown ends the server at once.
     tokio::pin!(shutdown);

@@ -78,7 +78,28 @@ pub struct DeviceLabels {
     pub device: String,
 }
 
-/// What the gRPC edge measures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// The API key's name (never the key).
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyRefusalLabels {
+    pub key: String,
+    /// `inflight`, `rate` or `too_large`.
+    pub limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// The setting that names the files: `server.tls`, `auth.api_keys_file`.
+    pub what: &'static str,
+    /// `ok`, or `failed` (the previous contents stay in force).
+    pub outcome: &'static str,
+}
+
+/// What the gRPC edge measures (and the reloads of the files that secure it).
 #[derive(Debug)]
 pub struct RpcMetrics {
     pub requests: Family<CodeLabels, Counter>,
@@ -87,6 +108,10 @@ pub struct RpcMetrics {
     pub messages_sent: Family<MethodLabels, Counter>,
     pub tokenize: Histogram,
     pub streams: Gauge,
+    pub key_inputs: Family<KeyLabels, Counter>,
+    pub key_refusals: Family<KeyRefusalLabels, Counter>,
+    pub unauthenticated: Counter,
+    pub reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for RpcMetrics {
@@ -98,6 +123,10 @@ impl Default for RpcMetrics {
             messages_sent: Family::default(),
             tokenize: seconds(),
             streams: Gauge::default(),
+            key_inputs: Family::default(),
+            key_refusals: Family::default(),
+            unauthenticated: Counter::default(),
+            reloads: Family::default(),
         }
     }
 }
@@ -133,6 +162,26 @@ impl RpcMetrics {
             "bertd_streams_in_flight",
             "Encode and classify streams open now",
             self.streams.clone(),
+        );
+        registry.register(
+            "bertd_api_key_inputs",
+            "Inputs admitted, by API key name",
+            self.key_inputs.clone(),
+        );
+        registry.register(
+            "bertd_api_key_refusals",
+            "Requests refused by an API key's limits, by key name and limit (inflight, rate, too_large)",
+            self.key_refusals.clone(),
+        );
+        registry.register(
+            "bertd_unauthenticated_calls",
+            "Calls refused for a missing or invalid API key",
+            self.unauthenticated.clone(),
+        );
+        registry.register(
+            "bertd_reloads",
+            "Files read again after they changed, by what (server.tls, auth.api_keys_file) and outcome (ok; failed: the previous contents stay in force)",
+            self.reloads.clone(),
         );
     }
 }

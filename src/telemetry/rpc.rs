@@ -158,6 +158,8 @@ where
             rpc.grpc.status_code = Empty,
             server.address = %shared.local.ip(),
             server.port = shared.local.port(),
+            bertd.api_key = Empty,
+            bertd.client_subject = Empty,
         );
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&Headers(request.headers()))

@@ -12,6 +12,8 @@ use bertd::tokenize::BertTokenizer;
 
 pub mod otlp;
 pub mod process;
+pub mod scrape;
+pub mod tls;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

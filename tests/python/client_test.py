@@ -3,7 +3,10 @@
 language's client works from the contract. Run by tests/python_client.rs against a real server
 serving tests/fixtures/models/classifier_single; exits non-zero on the first failure.
 
-usage: client_test.py --addr HOST:PORT
+With --ca (the server's CA bundle) it connects over TLS, and with --api-key it sends the key on
+every call (`authorization: Bearer KEY`) and checks that a call without it is refused.
+
+usage: client_test.py --addr HOST:PORT [--ca FILE] [--api-key KEY]
 """
 import argparse
 import importlib
@@ -51,6 +54,19 @@ def wait_until_serving(channel, health_pb2, health_pb2_grpc, seconds=60):
         time.sleep(0.1)
 
 
+def open_channel(args, with_key=True):
+    """Plaintext, or TLS trusting --ca (the server's certificate names localhost); the API key,
+    if any, sent on every call by gRPC's own call credentials."""
+    if not args.ca:
+        return grpc.insecure_channel(args.addr)
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.ca).read_bytes())
+    if args.api_key and with_key:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(args.api_key))
+    return grpc.secure_channel(args.addr, credentials,
+                               options=[("grpc.ssl_target_name_override", "localhost")])
+
+
 def check(condition, message):
     if not condition:
         raise AssertionError(message)
@@ -59,6 +75,8 @@ def check(condition, message):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--addr", required=True)
+    parser.add_argument("--ca", default=None)
+    parser.add_argument("--api-key", default=None)
     args = parser.parse_args()
     refs = json.loads(REFERENCES.read_text())
 
@@ -80,7 +98,7 @@ def main():
             return common.TextInput(text=r["text"], text_pair=r["text_pair"])
 
         passed = 0
-        with grpc.insecure_channel(args.addr) as channel:
+        with open_channel(args) as channel:
             wait_until_serving(channel, health_pb2, health_pb2_grpc)
             info = model_grpc.ModelStub(channel).GetInfo(model.GetInfoRequest())
             check(list(info.labels) == ["negative", "neutral", "positive"], f"labels {info.labels}")
@@ -166,6 +184,18 @@ def main():
                     metadata=list(carrier.items()))
                 context = span.get_span_context()
                 print(f"TRACE {context.trace_id:032x} {context.span_id:016x}")
+            passed += 1
+
+        if args.api_key:
+            # Without the key: refused, with the one message for a missing or a wrong key.
+            with open_channel(args, with_key=False) as keyless:
+                try:
+                    enc_grpc.EncoderStub(keyless).Encode(
+                        enc.EncodeRequest(id="no-key", inputs=[common.TextInput(text="hello")]))
+                    raise AssertionError("a call without the key was answered")
+                except grpc.RpcError as e:
+                    check(e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code())
+                    check("API key" in e.details(), e.details())
             passed += 1
     print(f"{passed} passed, 0 failed")
 
