@@ -1,0 +1,237 @@
+//! The Helm chart (helm/bertd): it lints strictly; each values file in helm/bertd/ci renders
+//! objects that Kubernetes 1.33's own schemas accept (kubernetes-validate, offline) and a
+//! configuration that bertd accepts; a bertd started from that configuration answers the health
+//! probe; older clusters get the API versions and probes they serve; bad values are refused by
+//! the schema, naming the value. Helm and kubectl come from helm/tools.sh (cached outside the
+//! repository).
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::process::{terminate, wait_serving};
+use common::*;
+
+use bertd::config::Settings;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `command`; its output, which must say it succeeded.
+fn succeed(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `helm`, installed once by helm/tools.sh.
+fn helm() -> Command {
+    let out = succeed(&mut Command::new(root().join("helm/tools.sh")));
+    let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    let mut helm = Command::new(tools.join("helm"));
+    helm.current_dir(root());
+    helm
+}
+
+/// The values files the chart is tested with.
+fn values_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("helm/bertd/ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4, "{files:?}");
+    files
+}
+
+/// The chart rendered with `values` for a cluster of `kube_version`.
+fn render(values: &Path, kube_version: &str) -> String {
+    let out = succeed(
+        helm()
+            .args([
+                "template",
+                "bertd",
+                "helm/bertd",
+                "--kube-version",
+                kube_version,
+            ])
+            .arg("-f")
+            .arg(values),
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The configuration file the chart renders into its ConfigMap.
+fn rendered_config(values: &Path, dir: &Path) -> PathBuf {
+    let out = succeed(
+        helm()
+            .args(["template", "bertd", "helm/bertd"])
+            .args(["--show-only", "templates/configmap.yaml"])
+            .arg("-f")
+            .arg(values),
+    );
+    let manifest = dir.join("configmap.yaml");
+    std::fs::write(&manifest, &out.stdout).unwrap();
+    let config = dir.join("bertd.yaml");
+    succeed(
+        Command::new(root().join(".venv/bin/python"))
+            .args([
+                "-c",
+                "import sys, yaml; open(sys.argv[2], 'w').write(yaml.safe_load(open(sys.argv[1]))['data']['bertd.yaml'])",
+            ])
+            .arg(&manifest)
+            .arg(&config),
+    );
+    config
+}
+
+#[test]
+fn the_chart_lints_strictly() {
+    succeed(helm().args(["lint", "--strict", "helm/bertd"]));
+}
+
+#[test]
+fn every_values_file_renders_objects_that_kubernetes_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for values in values_files() {
+        let rendered = dir.path().join("rendered.yaml");
+        std::fs::write(&rendered, render(&values, "1.33.0")).unwrap();
+        let out = succeed(
+            Command::new(root().join(".venv/bin/kubernetes-validate"))
+                .args(["--strict", "-k", "1.33.0"])
+                .arg(&rendered),
+        );
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            report.contains("passed for resource deployment/"),
+            "{values:?}: {report}"
+        );
+        assert!(!report.contains("ERROR"), "{values:?}: {report}");
+    }
+}
+
+#[test]
+fn older_clusters_get_the_api_versions_and_probes_they_serve() {
+    let security = root().join("helm/bertd/ci/security-values.yaml");
+    let autoscaling = root().join("helm/bertd/ci/autoscaling-values.yaml");
+    let cpu = root().join("helm/bertd/ci/cpu-values.yaml");
+    let old = render(&autoscaling, "1.20.0");
+    assert!(old.contains("apiVersion: policy/v1beta1"), "{old}");
+    assert!(old.contains("apiVersion: autoscaling/v2beta2"), "{old}");
+    assert!(
+        old.contains("command: [\"sleep\", \"5\"]"),
+        "a preStop exec before 1.30"
+    );
+    let new = render(&autoscaling, "1.33.0");
+    assert!(
+        new.contains("apiVersion: policy/v1\n") && new.contains("apiVersion: autoscaling/v2\n")
+    );
+    assert!(new.contains("sleep:\n                seconds: 5"), "{new}");
+    // Native gRPC probes from 1.24, TCP before and under TLS (which native probes cannot speak).
+    assert!(render(&cpu, "1.33.0").contains("grpc:\n              port: 50051"));
+    assert!(render(&cpu, "1.23.0").contains("tcpSocket:"));
+    assert!(render(&security, "1.33.0").contains("tcpSocket:"));
+}
+
+#[test]
+fn the_rendered_configuration_is_one_bertd_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    for values in values_files() {
+        let config = rendered_config(&values, dir.path());
+        let out = succeed(
+            Command::new(env!("CARGO_BIN_EXE_bertd"))
+                .args(["config", "--config"])
+                .arg(&config),
+        );
+        let printed = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            printed.contains("addr = \"0.0.0.0:50051\""),
+            "{values:?}: {printed}"
+        );
+    }
+    let gpu = rendered_config(&root().join("helm/bertd/ci/gpu-values.yaml"), dir.path());
+    let out = succeed(
+        Command::new(env!("CARGO_BIN_EXE_bertd"))
+            .args(["config", "--config"])
+            .arg(&gpu),
+    );
+    let printed: Settings = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let devices: Vec<String> = printed
+        .engine
+        .devices
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    assert_eq!(devices, ["cuda:0", "cuda:1"]);
+    assert_eq!(printed.engine.workers_per_device, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bertd_started_from_the_rendered_configuration_answers_the_health_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = rendered_config(&root().join("helm/bertd/ci/cpu-values.yaml"), dir.path());
+    // On loopback and a free port here, and a test model: the rest is the chart's.
+    let addr = free_addr();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--addr", &addr])
+        .arg("--model")
+        .arg(model_dir("bert_tiny"))
+        .env("BERTD_TELEMETRY__METRICS_ADDR", "127.0.0.1:0")
+        .spawn()
+        .unwrap();
+    wait_serving(&addr).await;
+    assert!(terminate(&mut server).success());
+}
+
+#[test]
+fn bad_values_are_refused_naming_them() {
+    let cases = [
+        (
+            "replicaCount=-1",
+            "replicaCount: Must be greater than or equal to 0",
+        ),
+        (
+            "gpu.dtype=fp8",
+            "gpu.dtype: gpu.dtype must be one of the following",
+        ),
+        (
+            "model.source=s3",
+            "model.source: model.source must be one of the following",
+        ),
+        (
+            "telemetry.otlpEndpoint=collector:4317",
+            "telemetry.otlpEndpoint: Does not match pattern",
+        ),
+        ("replicas=3", "Additional property replicas is not allowed"),
+    ];
+    for (set, expected) in cases {
+        let out = helm()
+            .args(["template", "bertd", "helm/bertd", "--set", set])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{set} was accepted");
+        let error = String::from_utf8_lossy(&out.stderr);
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+    // What the schema cannot say, the templates do.
+    let out = helm()
+        .args([
+            "template",
+            "bertd",
+            "helm/bertd",
+            "--set",
+            "model.source=pvc",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model.pvc.claimName is required"));
+}
