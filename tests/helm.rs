@@ -235,3 +235,167 @@ fn bad_values_are_refused_naming_them() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("model.pvc.claimName is required"));
 }
+
+/// A control plane from helm/apiserver.sh, stopped when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn up() -> Cluster {
+        // Cached after the first build (~6 minutes on 2 cores).
+        succeed(Command::new(root().join("helm/apiserver.sh")).arg("build"));
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Cluster { dir };
+        succeed(
+            Command::new(root().join("helm/apiserver.sh"))
+                .arg("up")
+                .arg(cluster.dir.path()),
+        );
+        cluster
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// `helm ARGS` against this cluster.
+    fn helm(&self, args: &[&str]) -> Output {
+        succeed(helm().args(args).arg("--kubeconfig").arg(self.kubeconfig()))
+    }
+
+    /// `kubectl ARGS` against this cluster: its standard output.
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = succeed(&mut self.kubectl_command(args));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn kubectl_command(&self, args: &[&str]) -> Command {
+        let tools = PathBuf::from(
+            String::from_utf8(succeed(&mut Command::new(root().join("helm/tools.sh"))).stdout)
+                .unwrap()
+                .trim(),
+        );
+        let mut kubectl = Command::new(tools.join("kubectl"));
+        kubectl
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args);
+        kubectl
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("helm/apiserver.sh"))
+            .arg("down")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// How long helm waits for the pods the stand-in kubelet marks ready.
+const HELM_WAIT: &str = "120s";
+/// How long the HPA controller may take to act (it syncs every 15 s).
+const HPA_PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// The chart installed for real on a Kubernetes 1.20 API server with its controllers: the objects
+/// it makes (with the API versions 1.20 serves), the Deployment's pods ready, an upgrade that
+/// scales it, an uninstall that removes everything.
+#[test]
+fn the_chart_installs_upgrades_and_uninstalls_on_a_real_api_server() {
+    let cluster = Cluster::up();
+    let security = root().join("helm/bertd/ci/security-values.yaml");
+    let security = security.to_str().unwrap();
+    cluster.helm(&[
+        "install",
+        "bertd",
+        "helm/bertd",
+        "-f",
+        security,
+        "--set",
+        "autoscaling.enabled=true",
+        "--wait",
+        "--timeout",
+        HELM_WAIT,
+    ]);
+    let objects = cluster.kubectl(&[
+        "get",
+        "deployment,service,configmap,serviceaccount,poddisruptionbudget,horizontalpodautoscaler",
+        "-o",
+        "name",
+    ]);
+    for object in [
+        "deployment.apps/bertd",
+        "service/bertd",
+        "service/bertd-headless",
+        "configmap/bertd",
+        "serviceaccount/bertd",
+        "poddisruptionbudget.policy/bertd",
+        "horizontalpodautoscaler.autoscaling/bertd",
+    ] {
+        assert!(
+            objects.lines().any(|l| l == object),
+            "{object} in {objects}"
+        );
+    }
+    let ready = |cluster: &Cluster| {
+        cluster.kubectl(&[
+            "get",
+            "deployment",
+            "bertd",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ])
+    };
+    // The Deployment leaves its replicas to the HPA, whose controller raises them to its minimum.
+    let deadline = std::time::Instant::now() + HPA_PATIENCE;
+    while ready(&cluster) != "2" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the HPA brought the Deployment to its 2 minimum replicas within {HPA_PATIENCE:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // The configuration bertd reads is the one the chart renders.
+    let config = cluster.kubectl(&[
+        "get",
+        "configmap",
+        "bertd",
+        "-o",
+        "jsonpath={.data.bertd\\.yaml}",
+    ]);
+    assert!(config.contains("cert: /etc/bertd/tls/tls.crt"), "{config}");
+
+    cluster.helm(&[
+        "upgrade",
+        "bertd",
+        "helm/bertd",
+        "-f",
+        security,
+        "--set",
+        "replicaCount=3",
+        "--wait",
+        "--timeout",
+        HELM_WAIT,
+    ]);
+    assert_eq!(ready(&cluster), "3");
+    assert!(
+        cluster
+            .kubectl(&["get", "horizontalpodautoscaler", "-o", "name"])
+            .trim()
+            .is_empty(),
+        "autoscaling off removes the HPA"
+    );
+
+    cluster.helm(&["uninstall", "bertd", "--wait", "--timeout", HELM_WAIT]);
+    let left = cluster.kubectl(&[
+        "get",
+        "deployment,service,configmap",
+        "-l",
+        "app.kubernetes.io/instance=bertd",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "{left}");
+}
