@@ -39,7 +39,11 @@ build() {
   local apt=$TOOLS/apt work
   mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
   local mirror
-  mirror=$(grep -h -m1 -o 'http[^ ]*debian\b' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2> /dev/null | head -1)
+  # The first Debian archive the system uses (deb822 `URIs:` or one-line `deb` entries).
+  mirror=$({
+    grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2> /dev/null | awk '{print $2}'
+    grep -h '^deb ' /etc/apt/sources.list 2> /dev/null | awk '{print $2}'
+  } | grep -m1 '/debian/*$' || true)
   echo "deb-src ${mirror:-http://deb.debian.org/debian} bookworm main" > "$apt/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root)
@@ -48,7 +52,9 @@ build() {
   (
     cd "$work"
     apt-get "${opts[@]}" source -q --download-only "$SOURCE" > /dev/null
-    dpkg-source -x ./*.dsc src > /dev/null
+    # apt checked the files against the signed archive index; dpkg-source's own signature check
+    # has no keyring here and only warns.
+    dpkg-source -x ./*.dsc src > /dev/null 2>&1
     cd src
     # As Debian's rules build it: a GOPATH pointing at the tree, no cgo.
     mkdir -p .go/src/k8s.io
