@@ -69,12 +69,18 @@ fn render(values: &Path, kube_version: &str) -> String {
 
 /// The configuration file the chart renders into its ConfigMap.
 fn rendered_config(values: &Path, dir: &Path) -> PathBuf {
+    rendered_config_with(values, &[], dir)
+}
+
+/// The same, with `--set` values on top.
+fn rendered_config_with(values: &Path, sets: &[String], dir: &Path) -> PathBuf {
     let out = succeed(
         helm()
             .args(["template", "bertd", "helm/bertd"])
             .args(["--show-only", "templates/configmap.yaml"])
             .arg("-f")
-            .arg(values),
+            .arg(values)
+            .args(sets.iter().flat_map(|s| ["--set", s.as_str()])),
     );
     let manifest = dir.join("configmap.yaml");
     std::fs::write(&manifest, &out.stdout).unwrap();
@@ -175,9 +181,20 @@ fn the_rendered_configuration_is_one_bertd_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bertd_started_from_the_rendered_configuration_answers_the_health_probe() {
     let dir = tempfile::tempdir().unwrap();
-    let config = rendered_config(&root().join("helm/bertd/ci/cpu-values.yaml"), dir.path());
-    // On loopback and a free port here, and a test model: the rest is the chart's.
+    // The chart's port (a free one here), on loopback rather than the chart's 0.0.0.0, and a
+    // test model: the rest is as the chart renders it.
     let addr = free_addr();
+    let port = addr.rsplit(':').next().unwrap();
+    let config = rendered_config_with(
+        &root().join("helm/bertd/ci/cpu-values.yaml"),
+        &[format!("service.port={port}")],
+        dir.path(),
+    );
+    let rendered = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        rendered.contains(&format!("addr: 0.0.0.0:{port}")),
+        "{rendered}"
+    );
     let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
         .args(["serve", "--config"])
         .arg(&config)
