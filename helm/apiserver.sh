@@ -32,7 +32,9 @@ build() {
   command -v rsync > /dev/null || missing+=(rsync)
   command -v etcd > /dev/null || missing+=(etcd-server)
   if [ ${#missing[@]} -gt 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" > /dev/null
+    # A machine whose package lists were never fetched needs them first.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" > /dev/null 2>&1 \
+      || { apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" > /dev/null; }
   fi
   # The source package, through a private apt configuration with a deb-src line for the
   # configured Debian mirror (the system's sources stay as they are).
