@@ -116,11 +116,14 @@ async fn every_counter_and_histogram_count_equals_the_workload_sent() {
     drop(abandoned);
     drop(sender);
 
-    // The server learns of the cancellation asynchronously: wait for it, within a bound.
+    // The server learns of the cancellation asynchronously, and a worker counts itself idle only
+    // after it has handed its batch's results over (which the client may see first): wait for
+    // both, within a bound.
     let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
     let m = loop {
         let m = Metrics::scrape(metrics_addr).await;
         let settled = m.value("bertd_streams_in_flight", &[]) == 0.0
+            && m.value("bertd_workers_busy", &[]) == 0.0
             && m.value(
                 "bertd_grpc_requests_total",
                 &[ENCODER, ("method", "EncodeStream"), ("code", "CANCELLED")],
