@@ -21,7 +21,7 @@ $(SETUP_STAMP): requirements.txt
 	touch $@
 
 build: setup
-	cargo build --release --bin bertd
+	cargo build --release --bin bertd --bin bertctl
 
 ## The main job: serve the default model on CPU at $(ADDR) until SIGTERM / Ctrl-C.
 run: build
@@ -30,12 +30,12 @@ run: build
 ## The whole test suite (fmt, clippy, unit and integration tests).
 test: setup
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
-	cargo test
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace
 
 lint: setup
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 bench: setup
 	cargo bench --bench engine_throughput

@@ -1,10 +1,9 @@
-//! Build script: compiles the gRPC contract in `proto/` and makes the binary find libtorch on its own.
+//! Build script: makes the binary find libtorch on its own (the gRPC contract is the `bertd-proto`
+//! crate in `proto/`).
 use std::path::{Path, PathBuf};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() {
     link_libtorch();
-    compile_protos()?;
-    Ok(())
 }
 
 /// torch-sys passes the libtorch lib dir to its direct dependents (its `links` key is "tch").
@@ -39,27 +38,4 @@ fn link_libtorch() {
             model.display()
         );
     }
-}
-
-fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
-    let protos: Vec<PathBuf> = [
-        "proto/bert/v1/common.proto",
-        "proto/bert/v1/encoder.proto",
-        "proto/bert/v1/classifier.proto",
-        "proto/bert/v1/tokenizer.proto",
-        "proto/bert/v1/model.proto",
-    ]
-    .iter()
-    .map(PathBuf::from)
-    .collect();
-    // A vendored protoc and its well-known types: nothing to install on a fresh machine.
-    // SAFETY: build scripts are single-threaded.
-    unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
-    let well_known = protoc_bin_vendored::include_path()?;
-    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("bert_v1_descriptor.bin"))
-        .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;
-    Ok(())
 }

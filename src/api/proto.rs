@@ -1,17 +1,2 @@
-//! Types and service traits generated from `proto/` by build.rs.
-#![allow(clippy::all, missing_docs)]
-
-pub mod bert {
-    pub mod v1 {
-        tonic::include_proto!("bert.v1");
-    }
-}
-
-pub mod google {
-    pub mod rpc {
-        tonic::include_proto!("google.rpc");
-    }
-}
-
-/// The contract's file descriptors, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("bert_v1_descriptor");
+//! The gRPC contract, compiled once in the `bertd-proto` crate (`proto/`) and shared with `bertctl`.
+pub use bertd_proto::{FILE_DESCRIPTOR_SET, bert, google};

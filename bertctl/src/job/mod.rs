@@ -1,0 +1,363 @@
+//! A bulk job: items read from the input go out in chunks over many streams to many servers,
+//! come back in any order, and are written strictly in input order.
+//!
+//! ```text
+//! reader thread ──chunks──▶ fresh ─┐
+//!                                  ├─▶ slots (streams × addresses) ──Done──▶ writer thread
+//!           retry (after backoff) ─┘        ▲ failed chunks                  (reorders, writes,
+//!                                           └─ backends: DNS, re-resolved     returns permits)
+//! ```
+//!
+//! Invariants:
+//! - Memory is bounded by `max_pending` items: the reader takes a permit per item and the writer
+//!   gives it back once the item is written, so a slow chunk stalls reading, never grows a buffer.
+//! - Every item is answered exactly once: a chunk is owned by one slot at a time; when its stream
+//!   fails, the chunk goes back (with backoff, counting attempts) and another slot takes it.
+//! - A chunk the server refuses is split until the refusal names a single item, so one bad input
+//!   never fails its neighbours.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::connect::{Connector, Target};
+use crate::input::{InputError, Item, Reader};
+use crate::outcome::{Done, Failure};
+use crate::output::errors::ErrorsFile;
+use crate::output::{OutputError, Sink};
+use crate::progress::Progress;
+
+mod backends;
+pub mod call;
+pub mod retry;
+mod slot;
+mod writer;
+
+use call::{Call, Reply};
+use retry::Backoff;
+
+/// How a job spreads its work.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Concurrent streams per server address.
+    pub streams: usize,
+    /// Inputs per request message.
+    pub batch: usize,
+    /// Requests in flight per stream.
+    pub window: usize,
+    /// Items read but not yet written, at most.
+    pub max_pending: usize,
+    /// Tries after the first, per chunk, for transient failures.
+    pub retries: u32,
+    pub backoff: Backoff,
+    /// How often server host names are resolved again.
+    pub resolve_every: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    #[error("{0}")]
+    Server(String),
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Items written by this run (not counting those resumed past).
+    pub items: u64,
+    pub failed: u64,
+    pub tokens: u64,
+}
+
+/// A chunk of consecutive items (or, after a split, one item) and its tries so far.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    items: Vec<Item>,
+    attempt: u32,
+}
+
+impl Chunk {
+    fn id(&self) -> String {
+        format!("{}+{}", self.items[0].index, self.items.len())
+    }
+}
+
+pub(crate) enum ToWriter {
+    Done(Vec<Done>),
+    /// The input ended after this many items.
+    End(u64),
+}
+
+/// What every slot shares.
+pub(crate) struct Shared {
+    call: Call,
+    connector: Connector,
+    settings: Settings,
+    fresh: async_channel::Receiver<Chunk>,
+    retry_tx: async_channel::Sender<Chunk>,
+    retry_rx: async_channel::Receiver<Chunk>,
+    writer: mpsc::Sender<ToWriter>,
+    fatal: mpsc::Sender<JobError>,
+    progress: Progress,
+}
+
+impl Shared {
+    /// The next chunk to send: retries first (they hold the writer back), then fresh ones.
+    /// `None` once the job needs nothing more.
+    async fn next_chunk(&self) -> Option<Chunk> {
+        tokio::select! {
+            biased;
+            Ok(chunk) = self.retry_rx.recv() => Some(chunk),
+            Ok(chunk) = self.fresh.recv() => Some(chunk),
+            else => None,
+        }
+    }
+
+    /// A reply to `chunk` arrived.
+    async fn answer(self: &Arc<Self>, chunk: Chunk, reply: Reply) {
+        match reply.outcome {
+            Ok(values) if values.len() == chunk.items.len() => {
+                let done = chunk
+                    .items
+                    .iter()
+                    .zip(values)
+                    .map(|(item, (tokens, value))| Done::new(item, tokens, Ok(value)))
+                    .collect();
+                let _ = self.writer.send(ToWriter::Done(done)).await;
+            }
+            Ok(values) => {
+                let failure = Failure {
+                    code: tonic::Code::Internal,
+                    message: format!(
+                        "the server answered request {} with {} results for {} inputs",
+                        chunk.id(),
+                        values.len(),
+                        chunk.items.len()
+                    ),
+                };
+                self.retry(chunk, failure);
+            }
+            Err(failure) => self.refused(chunk, failure).await,
+        }
+    }
+
+    /// The server answered `chunk` with an error of its own.
+    async fn refused(self: &Arc<Self>, chunk: Chunk, failure: Failure) {
+        let code = failure.code;
+        if retry::fatal(code) {
+            self.stop(&failure);
+        } else if code == tonic::Code::ResourceExhausted && chunk.items.len() > 1 {
+            // Too big to answer (or the queue is full): halves are cheaper to take.
+            let half = chunk.items.len().div_ceil(2);
+            self.split(chunk, half).await;
+        } else if retry::transient(code) {
+            self.retry(chunk, failure);
+        } else if chunk.items.len() > 1 {
+            // Find out which input it was: each alone.
+            self.split(chunk, 1).await;
+        } else {
+            self.fail(chunk, failure).await;
+        }
+    }
+
+    /// The stream carrying `chunk` broke before answering it.
+    fn lost(self: &Arc<Self>, chunk: Chunk, failure: &Failure) {
+        if retry::fatal(failure.code) {
+            self.stop(failure);
+        } else {
+            self.retry(chunk, failure.clone());
+        }
+    }
+
+    fn stop(&self, failure: &Failure) {
+        let _ = self.fatal.try_send(JobError::Server(format!(
+            "the server refused the job: {} ({})",
+            failure.message,
+            failure.code_name()
+        )));
+    }
+
+    async fn split(&self, chunk: Chunk, size: usize) {
+        let attempt = chunk.attempt;
+        let mut items = chunk.items.into_iter().peekable();
+        while items.peek().is_some() {
+            let part = Chunk {
+                items: items.by_ref().take(size).collect(),
+                attempt,
+            };
+            // Room is certain: there are never more chunks than items pending.
+            let _ = self.retry_tx.send(part).await;
+        }
+    }
+
+    /// Sends `chunk` again after a backoff, or fails it when its tries are used up.
+    fn retry(self: &Arc<Self>, mut chunk: Chunk, failure: Failure) {
+        chunk.attempt += 1;
+        let shared = self.clone();
+        tokio::spawn(async move {
+            if chunk.attempt > shared.settings.retries {
+                let failure = Failure {
+                    message: format!("{} (after {} tries)", failure.message, chunk.attempt),
+                    ..failure
+                };
+                shared.fail(chunk, failure).await;
+                return;
+            }
+            tokio::time::sleep(shared.settings.backoff.delay(chunk.attempt)).await;
+            let _ = shared.retry_tx.send(chunk).await;
+        });
+    }
+
+    async fn fail(&self, chunk: Chunk, failure: Failure) {
+        let done = chunk
+            .items
+            .iter()
+            .map(|item| Done::new(item, 0, Err(failure.clone())))
+            .collect();
+        let _ = self.writer.send(ToWriter::Done(done)).await;
+    }
+}
+
+/// Everything a job needs, opened and checked.
+pub struct Job {
+    pub call: Call,
+    pub connector: Connector,
+    pub targets: Vec<Target>,
+    pub settings: Settings,
+    pub reader: Reader,
+    pub sink: Box<dyn Sink>,
+    pub errors: ErrorsFile,
+    /// Items already in the output (resuming).
+    pub done_rows: u64,
+    pub progress: Progress,
+}
+
+/// Runs the job to its end: every item written, or the first fatal error.
+pub async fn run(job: Job) -> Result<Totals, JobError> {
+    let started = Instant::now();
+    let settings = job.settings.clone();
+    let permits = Arc::new(Semaphore::new(settings.max_pending));
+    let (fresh_tx, fresh_rx) =
+        async_channel::bounded(settings.max_pending.div_ceil(settings.batch));
+    let (retry_tx, retry_rx) = async_channel::bounded(settings.max_pending);
+    let (writer_tx, writer_rx) = mpsc::channel(1024);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
+
+    // Every address known before anything is read: a job that cannot reach any server stops here.
+    let mut addresses = Vec::new();
+    for target in &job.targets {
+        let addrs = target
+            .resolve()
+            .await
+            .map_err(|e| JobError::Server(e.to_string()))?;
+        if addrs.is_empty() {
+            return Err(JobError::Server(format!(
+                "--server {}: the host has no address",
+                target.url
+            )));
+        }
+        addresses.push(addrs);
+    }
+
+    let shared = Arc::new(Shared {
+        call: job.call,
+        connector: job.connector,
+        settings: settings.clone(),
+        fresh: fresh_rx,
+        retry_tx: retry_tx.clone(),
+        retry_rx,
+        writer: writer_tx.clone(),
+        fatal: fatal_tx,
+        progress: job.progress.clone(),
+    });
+    let handle = tokio::runtime::Handle::current();
+    let mut reader = {
+        let permits = permits.clone();
+        let (reader, skip, batch) = (job.reader, job.done_rows, settings.batch);
+        tokio::task::spawn_blocking(move || {
+            read(
+                reader, skip, batch, &fresh_tx, &permits, &writer_tx, &handle,
+            )
+        })
+    };
+    let mut writer = {
+        let progress = job.progress.clone();
+        let (sink, errors, start) = (job.sink, job.errors, job.done_rows);
+        tokio::task::spawn_blocking(move || {
+            writer::write(writer_rx, sink, errors, start, &permits, &progress)
+        })
+    };
+    let manager = tokio::spawn(backends::manage(shared.clone(), job.targets, addresses));
+
+    let mut reading = true;
+    let outcome = loop {
+        tokio::select! {
+            read = &mut reader, if reading => {
+                reading = false;
+                if let Err(e) = read.expect("the reader thread does not panic") {
+                    break Err(e.into());
+                }
+            }
+            written = &mut writer => break written.expect("the writer thread does not panic"),
+            Some(error) = fatal_rx.recv() => break Err(error),
+        }
+    };
+    manager.abort();
+    retry_tx.close();
+    let totals = outcome?;
+    job.progress.finish(&totals, started.elapsed());
+    Ok(totals)
+}
+
+/// The reader thread: items into chunks of `batch`, one permit per item.
+fn read(
+    mut reader: Reader,
+    skip: u64,
+    batch: usize,
+    fresh: &async_channel::Sender<Chunk>,
+    permits: &Arc<Semaphore>,
+    writer: &mpsc::Sender<ToWriter>,
+    handle: &tokio::runtime::Handle,
+) -> Result<(), InputError> {
+    let mut items = Vec::with_capacity(batch);
+    let mut count = 0u64;
+    let send = |items: &mut Vec<Item>| {
+        if !items.is_empty() {
+            let chunk = Chunk {
+                items: std::mem::replace(items, Vec::with_capacity(batch)),
+                attempt: 0,
+            };
+            // Closed only when the job is over.
+            let _ = fresh.send_blocking(chunk);
+        }
+    };
+    while let Some(item) = reader.next_item()? {
+        count += 1;
+        if item.index < skip {
+            continue;
+        }
+        match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                // Out of room: what is gathered must go out, or it could never be written.
+                send(&mut items);
+                match handle.block_on(permits.clone().acquire_owned()) {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+        items.push(item);
+        if items.len() == batch {
+            send(&mut items);
+        }
+    }
+    send(&mut items);
+    let _ = writer.blocking_send(ToWriter::End(count));
+    fresh.close();
+    Ok(())
+}
