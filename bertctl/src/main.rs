@@ -240,7 +240,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let outcome = runtime.block_on(run(cli.command));
+    // A job that stopped early may leave its reader thread blocked on a full queue: do not wait.
+    runtime.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(CliError::Usage(message)) => {
             eprintln!("bertctl: {message}");
@@ -411,5 +414,7 @@ async fn bulk(
         progress,
     })
     .await?;
-    Ok(ExitCode::from(totals.failed.min(EXIT_MAX_FAILED) as u8))
+    Ok(ExitCode::from(
+        totals.failed_in_output.min(EXIT_MAX_FAILED) as u8
+    ))
 }

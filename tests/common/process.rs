@@ -56,3 +56,43 @@ pub fn terminate(child: &mut Child) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A child process (a server) that is killed if the test ends without stopping it.
+pub struct Running(Option<Child>);
+
+impl Running {
+    pub fn spawn(command: &mut Command) -> Running {
+        let program = command.get_program().to_string_lossy().into_owned();
+        Running(Some(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("{program} starts: {e}")),
+        ))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the process dies mid-work, as on a crash or a lost node.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and the exit, within `EXIT_TIMEOUT`.
+    pub fn stop(mut self) -> ExitStatus {
+        terminate(self.0.as_mut().expect("running"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -69,8 +69,11 @@ pub enum JobError {
 pub struct Totals {
     /// Items written by this run (not counting those resumed past).
     pub items: u64,
+    /// Items of this run that failed.
     pub failed: u64,
     pub tokens: u64,
+    /// Failed items in the whole output, including those written before a resume.
+    pub failed_in_output: u64,
 }
 
 /// A chunk of consecutive items (or, after a split, one item) and its tries so far.

@@ -54,6 +54,7 @@ pub(super) fn write(
         permits.add_permits(written);
     }
     sink.finish()?;
+    totals.failed_in_output = errors.count();
     progress.set_errors(errors.count(), errors.path());
     Ok(totals)
 }

@@ -1,0 +1,877 @@
+//! `bertctl` (the workspace's client binary) against real `bertd serve` processes on loopback:
+//! every input and output format, order across streams and servers, resuming a killed job,
+//! losing a server mid-job, per-item errors, bad input files, TLS and API keys, and its linking.
+//!
+//! `cargo test --workspace` (what `make test` runs) builds `bertctl` next to this test.
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+use bertd::api::proto::bert::v1 as pb;
+use common::grpc::{input, stats};
+use common::process::{self, Running, wait_serving};
+use common::tls::Ca;
+use common::*;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pb::encoder_client::EncoderClient;
+use serde_json::Value;
+
+/// How long a job may take before the test gives up on it.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a test looks at a job's output while waiting for it to grow.
+const POLL: Duration = Duration::from_millis(5);
+/// The tiny fixture model's maximum input length: longer inputs fail with `--truncate false`.
+const MAX_TOKENS: usize = 48;
+/// Tolerance between vectors computed in different batches (padding changes the sums' order).
+const TOLERANCE: f32 = 1e-5;
+
+fn bertctl_path() -> PathBuf {
+    let dir = std::env::current_exe().unwrap();
+    let path = dir.parent().unwrap().parent().unwrap().join("bertctl");
+    assert!(
+        path.exists(),
+        "{} exists: build it with `cargo test --workspace` (as `make test` does)",
+        path.display()
+    );
+    path
+}
+
+fn bertctl() -> Command {
+    let mut command = Command::new(bertctl_path());
+    command.env_remove("BERTD_API_KEY");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.stdin(Stdio::null()).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A `bertd serve` child on a free loopback port.
+struct Server {
+    process: Running,
+    addr: String,
+}
+
+impl Server {
+    fn start(model: &str, args: &[&str]) -> Server {
+        let addr = free_addr();
+        let process = Running::spawn(
+            Command::new(env!("CARGO_BIN_EXE_bertd"))
+                .args(["serve", "--addr", &addr, "--model"])
+                .arg(model_dir(model))
+                .args(args)
+                .env_clear()
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let server = Server { process, addr };
+        runtime().block_on(wait_serving(&server.addr));
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Mixed-length lines, deterministic: 1 to `max_words` words each.
+fn corpus(lines: usize, max_words: usize) -> Vec<String> {
+    const WORDS: [&str; 16] = [
+        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven",
+        "wizards", "quietly", "hex", "every", "judge",
+    ];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) as usize
+    };
+    (0..lines)
+        .map(|_| {
+            let words = 1 + next() % max_words;
+            (0..words)
+                .map(|_| WORDS[next() % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    let mut file = std::fs::File::create(path).unwrap();
+    for line in lines {
+        writeln!(file, "{line}").unwrap();
+    }
+}
+
+/// The server's own unary answers for `texts`: what every output must hold.
+fn reference(server: &Server, texts: &[String]) -> Vec<Vec<f32>> {
+    runtime().block_on(async {
+        let channel = wait_serving(&server.addr).await;
+        let mut client = EncoderClient::new(channel);
+        let mut vectors = Vec::new();
+        for chunk in texts.chunks(64) {
+            let request = pb::EncodeRequest {
+                id: String::new(),
+                inputs: chunk
+                    .iter()
+                    .map(|t| pb::TextInput {
+                        text: t.clone(),
+                        text_pair: None,
+                    })
+                    .collect(),
+                options: None,
+            };
+            let response = client.encode(request).await.unwrap().into_inner();
+            vectors.extend(response.results.into_iter().map(|r| r.embedding));
+        }
+        vectors
+    })
+}
+
+/// (id, vector or None for an error row) of a JSON lines output.
+fn read_jsonl(path: &Path) -> Vec<(String, Option<Vec<f32>>)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let id = row["id"].as_str().unwrap().to_string();
+            let vector = row.get("embedding").map(floats);
+            (id, vector)
+        })
+        .collect()
+}
+
+/// The rows of an `.npy` float32 matrix, as numpy's format defines it.
+fn read_npy(path: &Path) -> Vec<Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "an .npy v1.0 file");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    let shape = header.split("'shape': (").nth(1).unwrap();
+    let (rows, rest) = shape.split_once(", ").unwrap();
+    let rows: usize = rows.parse().unwrap();
+    let dims: usize = rest.split(')').next().unwrap().parse().unwrap();
+    let data = &bytes[10 + header_len..];
+    assert_eq!(
+        data.len(),
+        rows * dims * 4,
+        "the data is the declared shape"
+    );
+    data.chunks(dims * 4)
+        .map(|row| {
+            row.chunks(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect()
+        })
+        .collect()
+}
+
+fn read_parquet(path: &Path) -> Vec<(String, Option<Vec<f32>>)> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let vectors = batch
+            .column_by_name("embedding")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            let vector = vectors.is_valid(i).then(|| {
+                let values = vectors.value(i);
+                let values = values.as_any().downcast_ref::<Float32Array>().unwrap();
+                values.values().to_vec()
+            });
+            rows.push((ids.value(i).to_string(), vector));
+        }
+    }
+    rows
+}
+
+fn assert_vectors(what: &str, actual: &[Vec<f32>], expected: &[Vec<f32>]) {
+    assert_eq!(actual.len(), expected.len(), "{what}: rows");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        let diff = max_abs_diff(a, e);
+        assert!(diff <= TOLERANCE, "{what}: row {i} differs by {diff}");
+    }
+}
+
+fn line_ids(count: usize) -> Vec<String> {
+    (1..=count).map(|n| n.to_string()).collect()
+}
+
+fn ids_and_vectors(rows: Vec<(String, Option<Vec<f32>>)>) -> (Vec<String>, Vec<Vec<f32>>) {
+    rows.into_iter()
+        .map(|(id, v)| (id, v.expect("no error rows")))
+        .unzip()
+}
+
+fn assert_success(what: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\n{}",
+        out.status,
+        stderr(out)
+    );
+}
+
+#[test]
+fn bertctl_links_no_libtorch() {
+    let out = run(Command::new("ldd").arg(bertctl_path()));
+    assert_success("ldd", &out);
+    let libraries = String::from_utf8_lossy(&out.stdout);
+    for forbidden in ["torch", "c10", "cuda", "python"] {
+        assert!(
+            !libraries.contains(forbidden),
+            "bertctl needs no {forbidden}:\n{libraries}"
+        );
+    }
+}
+
+#[test]
+fn every_input_format_round_trips_with_its_ids_and_the_servers_vectors() {
+    let server = Server::start("bert_tiny", &[]);
+    // Commas, quotes and tabs inside texts: CSV and TSV must carry them.
+    let mut texts = corpus(200, 30);
+    texts[3] = "a text, with a comma".into();
+    texts[7] = "a \"quoted\" text".into();
+    let expected = reference(&server, &texts);
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+
+    write_lines(&path("in.txt"), &texts);
+    let jsonl: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| serde_json::json!({"body": t, "key": format!("doc-{i}")}).to_string())
+        .collect();
+    write_lines(&path("in.jsonl"), &jsonl);
+    let mut csv = csv_writer(&path("in.csv"), b',');
+    let mut tsv = csv_writer(&path("in.tsv"), b'\t');
+    for writer in [&mut csv, &mut tsv] {
+        writer.write_record(["key", "body"]).unwrap();
+        for (i, t) in texts.iter().enumerate() {
+            writer
+                .write_record([format!("doc-{i}").as_str(), t])
+                .unwrap();
+        }
+        writer.flush().unwrap();
+    }
+    let doc_ids: Vec<String> = (0..texts.len()).map(|i| format!("doc-{i}")).collect();
+
+    let cases: [(&str, &[&str], &Vec<String>); 4] = [
+        ("in.txt", &[], &line_ids(texts.len())),
+        (
+            "in.jsonl",
+            &["--text-field", "body", "--id-field", "key"],
+            &doc_ids,
+        ),
+        (
+            "in.csv",
+            &["--text-field", "body", "--id-field", "key"],
+            &doc_ids,
+        ),
+        (
+            "in.tsv",
+            &["--text-field", "body", "--id-field", "key"],
+            &doc_ids,
+        ),
+    ];
+    for (input, args, ids) in cases {
+        let output = path(&format!("{input}.out.jsonl"));
+        let out = run(bertctl()
+            .args(["encode", "--server", &server.url(), "-i"])
+            .arg(path(input))
+            .arg("-o")
+            .arg(&output)
+            .args(args));
+        assert_success(input, &out);
+        let (got_ids, vectors) = ids_and_vectors(read_jsonl(&output));
+        assert_eq!(&got_ids, ids, "{input}: ids in input order");
+        assert_vectors(input, &vectors, &expected);
+    }
+
+    // stdin in, stdout out.
+    let mut child = bertctl()
+        .args(["encode", "--server", &server.url(), "-i", "-", "-o", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = texts.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_success("stdin to stdout", &out);
+    std::fs::write(path("stdout.jsonl"), &out.stdout).unwrap();
+    let (got_ids, vectors) = ids_and_vectors(read_jsonl(&path("stdout.jsonl")));
+    assert_eq!(got_ids, line_ids(texts.len()));
+    assert_vectors("stdin to stdout", &vectors, &expected);
+}
+
+fn csv_writer(path: &Path, delimiter: u8) -> csv::Writer<std::fs::File> {
+    csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_path(path)
+        .unwrap()
+}
+
+#[test]
+fn every_output_format_holds_the_servers_vectors_in_input_order() {
+    let server = Server::start("bert_tiny", &[]);
+    let texts = corpus(500, 40);
+    let expected = reference(&server, &texts);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    write_lines(&input, &texts);
+    for name in ["out.jsonl", "out.npy", "out.parquet"] {
+        let output = dir.path().join(name);
+        let out = run(bertctl()
+            .args(["encode", "--server", &server.url(), "--batch", "7", "-i"])
+            .arg(&input)
+            .arg("-o")
+            .arg(&output));
+        assert_success(name, &out);
+        let vectors = match name {
+            "out.npy" => read_npy(&output),
+            "out.parquet" => {
+                let (ids, vectors) = ids_and_vectors(read_parquet(&output));
+                assert_eq!(ids, line_ids(texts.len()));
+                vectors
+            }
+            _ => {
+                let (ids, vectors) = ids_and_vectors(read_jsonl(&output));
+                assert_eq!(ids, line_ids(texts.len()));
+                vectors
+            }
+        };
+        assert_vectors(name, &vectors, &expected);
+        assert!(
+            !dir.path().join(format!("{name}.errors.jsonl")).exists(),
+            "no errors file when nothing failed"
+        );
+    }
+    // An existing output is not replaced by accident.
+    let out = run(bertctl()
+        .args(["encode", "--server", &server.url(), "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("out.npy")));
+    assert_eq!(out.status.code(), Some(101));
+    assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
+}
+
+#[test]
+fn order_is_kept_across_four_streams_to_each_of_two_servers() {
+    let servers = [
+        Server::start("bert_tiny", &[]),
+        Server::start("bert_tiny", &[]),
+    ];
+    let texts = corpus(3000, 40);
+    let expected = reference(&servers[0], &texts);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.jsonl");
+    write_lines(&input, &texts);
+    let out = run(bertctl()
+        .args([
+            "encode",
+            "--server",
+            &servers[0].url(),
+            "--server",
+            &servers[1].url(),
+        ])
+        .args(["--streams", "4", "--batch", "3", "--window", "2", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output));
+    assert_success("encode", &out);
+    let (ids, vectors) = ids_and_vectors(read_jsonl(&output));
+    assert_eq!(ids, line_ids(texts.len()));
+    assert_vectors("two servers", &vectors, &expected);
+    for server in &servers {
+        let computed = computed_inputs(server);
+        assert!(computed > 0, "{} took part: {computed} inputs", server.addr);
+    }
+}
+
+fn computed_inputs(server: &Server) -> u64 {
+    runtime().block_on(async {
+        let channel = wait_serving(&server.addr).await;
+        stats(&channel).await.inputs_computed
+    })
+}
+
+/// Waits (within `JOB_TIMEOUT`) until `ready` holds, then SIGKILLs the job, which must not have
+/// finished by then.
+fn kill_when(job: &mut std::process::Child, what: &str, ready: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !ready() {
+        assert!(
+            job.try_wait().unwrap().is_none(),
+            "the job was still running when {what}"
+        );
+        assert!(
+            started.elapsed() < JOB_TIMEOUT,
+            "{what} within {JOB_TIMEOUT:?}"
+        );
+        std::thread::sleep(POLL);
+    }
+    job.kill().unwrap();
+    let status = job.wait().unwrap();
+    assert!(!status.success(), "killed before it finished: {status:?}");
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+#[test]
+fn a_killed_job_resumed_writes_the_bytes_of_an_uninterrupted_one() {
+    // One input per forward pass: each vector is then the same bytes whatever the batching
+    // (batches of different shapes round differently in the last bits), so any difference is
+    // the client's. Some inputs are too long and fail, to cover the errors file too.
+    let server = Server::start("bert_tiny", &["--max-batch-size", "1"]);
+    let mut texts = corpus(16_000, 8);
+    for i in (0..texts.len()).step_by(997) {
+        texts[i] = "word ".repeat(MAX_TOKENS * 2);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    write_lines(&input, &texts);
+    let job = |output: &Path| {
+        let mut command = bertctl();
+        command
+            .args(["encode", "--server", &server.url(), "--truncate", "false"])
+            .args(["--batch", "4", "--streams", "2", "-i"])
+            .arg(&input)
+            .arg("-o")
+            .arg(output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    for name in ["whole.jsonl", "whole.npy", "whole.parquet"] {
+        let whole = dir.path().join(name);
+        let out = run(&mut job(&whole));
+        assert_eq!(out.status.code(), Some(17), "{name}: 17 inputs failed");
+
+        let resumed = dir.path().join(name.replace("whole", "resumed"));
+        let mut first = job(&resumed).spawn().unwrap();
+        let parts = dir.path().join(format!("{}.parts", resumed.display()));
+        kill_when(&mut first, "a third of the output was written", || {
+            if name.ends_with(".parquet") {
+                std::fs::read_dir(&parts).is_ok_and(|d| d.count() >= 2)
+            } else {
+                file_len(&resumed) > file_len(&whole) / 3
+            }
+        });
+        let out = run(job(&resumed).arg("--resume"));
+        assert_eq!(out.status.code(), Some(17), "{name} resumed");
+        assert!(
+            std::fs::read(&whole).unwrap() == std::fs::read(&resumed).unwrap(),
+            "{name}: the resumed output is the uninterrupted one, byte for byte"
+        );
+        let errors = |p: &Path| std::fs::read(format!("{}.errors.jsonl", p.display())).unwrap();
+        assert_eq!(
+            errors(&whole),
+            errors(&resumed),
+            "{name}: the same errors file"
+        );
+        assert!(
+            !parts.exists(),
+            "the part files are gone once the output is whole"
+        );
+    }
+}
+
+#[test]
+fn with_two_servers_killing_one_mid_job_still_answers_every_item_once() {
+    let mut doomed = Server::start("bert_tiny", &[]);
+    let survivor = Server::start("bert_tiny", &[]);
+    let texts = corpus(30_000, 30);
+    let expected = reference(&survivor, &texts);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.jsonl");
+    write_lines(&input, &texts);
+    let mut job = bertctl()
+        .args([
+            "encode",
+            "--server",
+            &doomed.url(),
+            "--server",
+            &survivor.url(),
+        ])
+        .args(["--batch", "8", "--retry-delay", "0.05", "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while file_len(&output) < 200_000 {
+        assert!(
+            job.try_wait().unwrap().is_none(),
+            "the job is still running"
+        );
+        assert!(started.elapsed() < JOB_TIMEOUT, "the job makes progress");
+        std::thread::sleep(POLL);
+    }
+    doomed.process.kill();
+    let out = job.wait_with_output().unwrap();
+    assert_success("the job", &out);
+    assert!(
+        stderr(&out).contains(&doomed.addr),
+        "the lost server is reported: {}",
+        stderr(&out)
+    );
+    let (ids, vectors) = ids_and_vectors(read_jsonl(&output));
+    assert_eq!(ids, line_ids(texts.len()), "every item once, in order");
+    assert_vectors("after losing a server", &vectors, &expected);
+}
+
+#[test]
+fn failed_inputs_are_listed_with_their_lines_and_counted_in_the_exit_status() {
+    let server = Server::start("bert_tiny", &[]);
+    let mut texts = corpus(100, 8);
+    let too_long = [4, 40, 77];
+    for i in too_long {
+        texts[i] = "word ".repeat(MAX_TOKENS * 2);
+    }
+    let expected = reference(&server, &texts);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.jsonl");
+    write_lines(&input, &texts);
+    let out = run(bertctl()
+        .args([
+            "encode",
+            "--server",
+            &server.url(),
+            "--truncate",
+            "false",
+            "-i",
+        ])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output));
+    assert_eq!(
+        out.status.code(),
+        Some(too_long.len() as i32),
+        "{}",
+        stderr(&out)
+    );
+
+    let errors = std::fs::read_to_string(dir.path().join("out.jsonl.errors.jsonl")).unwrap();
+    let errors: Vec<Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(errors.len(), too_long.len());
+    for (error, index) in errors.iter().zip(too_long) {
+        assert_eq!(error["index"], index);
+        assert_eq!(error["line"], index + 1);
+        assert_eq!(error["id"], (index + 1).to_string());
+        assert_eq!(error["code"], "INVALID_ARGUMENT");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("truncate is false")
+        );
+    }
+    // Their rows hold the error; every other input, batched with them, has its vector.
+    let rows = read_jsonl(&output);
+    assert_eq!(rows.len(), texts.len());
+    for (i, (row, expected)) in rows.iter().zip(&expected).enumerate() {
+        match &row.1 {
+            None => assert!(too_long.contains(&i), "row {i} failed"),
+            Some(v) => assert!(max_abs_diff(v, expected) <= TOLERANCE, "row {i}"),
+        }
+    }
+}
+
+#[test]
+fn bad_input_files_are_refused_naming_the_file_and_line() {
+    let server = Server::start("bert_tiny", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[u8], &[&str], &str); 5] = [
+        (
+            "json.jsonl",
+            b"{\"text\": \"a\"}\n\n{\"text\": \"b\"\n",
+            &[],
+            ":3: not a JSON value",
+        ),
+        (
+            "field.jsonl",
+            b"{\"text\": \"a\"}\n{\"body\": \"b\"}\n",
+            &[],
+            ":2: no string field `text`",
+        ),
+        ("column.csv", b"id,body\n1,a\n", &[], ":1: no column `text`"),
+        (
+            "ragged.csv",
+            b"id,text\n1,a\n2,b\n3,c,d\n",
+            &["--id-field", "id"],
+            ":4: not a valid record",
+        ),
+        ("bytes.txt", b"fine\n\xff\xfe\n", &[], ":2: not valid UTF-8"),
+    ];
+    for (name, content, args, message) in cases {
+        let input = dir.path().join(name);
+        std::fs::write(&input, content).unwrap();
+        let out = run(bertctl()
+            .args(["encode", "--server", &server.url(), "-i"])
+            .arg(&input)
+            .arg("-o")
+            .arg(dir.path().join(format!("{name}.out.jsonl")))
+            .args(args));
+        assert_eq!(out.status.code(), Some(101), "{name}: {}", stderr(&out));
+        let expected = format!("{}{message}", input.display());
+        assert!(
+            stderr(&out).contains(&expected),
+            "{name}: {} lacks {expected}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn classify_writes_each_inputs_labels_in_input_order() {
+    let server = Server::start("classifier_single", &[]);
+    let texts = corpus(120, 30);
+    let expected: Vec<Vec<(String, f32)>> = runtime().block_on(async {
+        let channel = wait_serving(&server.addr).await;
+        let mut client = pb::classifier_client::ClassifierClient::new(channel);
+        let request = pb::ClassifyRequest {
+            id: String::new(),
+            inputs: texts.iter().map(|t| input(t)).collect(),
+            options: None,
+        };
+        let response = client.classify(request).await.unwrap().into_inner();
+        response
+            .results
+            .into_iter()
+            .map(|r| r.labels.into_iter().map(|l| (l.label, l.score)).collect())
+            .collect()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let input_path = dir.path().join("in.txt");
+    let output = dir.path().join("labels.jsonl");
+    write_lines(&input_path, &texts);
+    let out = run(bertctl()
+        .args([
+            "classify",
+            "--server",
+            &server.url(),
+            "--streams",
+            "3",
+            "--batch",
+            "5",
+            "-i",
+        ])
+        .arg(&input_path)
+        .arg("-o")
+        .arg(&output));
+    assert_success("classify", &out);
+    let rows: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), texts.len());
+    for (i, (row, expected)) in rows.iter().zip(&expected).enumerate() {
+        assert_eq!(row["id"], (i + 1).to_string());
+        let labels = row["labels"].as_array().unwrap();
+        assert_eq!(labels.len(), expected.len());
+        for (label, (name, score)) in labels.iter().zip(expected) {
+            assert_eq!(label["label"].as_str().unwrap(), name);
+            let diff = (label["score"].as_f64().unwrap() as f32 - score).abs();
+            assert!(diff <= TOLERANCE, "row {i}: score differs by {diff}");
+        }
+    }
+    // Labels do not fit a matrix: asked for one, bertctl says what to use.
+    let out = run(bertctl()
+        .args(["classify", "--server", &server.url(), "-i"])
+        .arg(&input_path)
+        .arg("-o")
+        .arg(dir.path().join("labels.npy")));
+    assert_eq!(out.status.code(), Some(102));
+    assert!(stderr(&out).contains("JSON lines"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_job_reports_one_json_summary_when_stderr_is_not_a_terminal() {
+    let server = Server::start("bert_tiny", &[]);
+    let texts = corpus(50, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    write_lines(&input, &texts);
+    let out = run(bertctl()
+        .args(["encode", "--server", &server.url(), "-i"])
+        .arg(&input)
+        .arg("-o")
+        .arg(dir.path().join("out.jsonl")));
+    assert_success("encode", &out);
+    let text = stderr(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {text}");
+    let summary: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(summary["items"], texts.len());
+    assert_eq!(summary["failed"], 0);
+    assert!(summary["tokens"].as_u64().unwrap() > texts.len() as u64);
+}
+
+#[test]
+fn tokenize_info_and_health_make_one_call_each() {
+    let mut server = Server::start("bert_tiny", &[]);
+    let url = server.url();
+    let out = run(bertctl().args(["info", "--server", &url]));
+    assert_success("info", &out);
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["hidden_size"], 32);
+    assert_eq!(info["limits"]["max_input_tokens"], MAX_TOKENS);
+
+    let out = run(bertctl().args(["tokenize", "--server", &url, "hello world", "a"]));
+    assert_success("tokenize", &out);
+    let results: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["tokens"][0]["text"], "[CLS]");
+    assert_eq!(results[0]["tokens"][1]["text"], "hello");
+
+    let out = run(bertctl().args(["health", "--server", &url]));
+    assert_success("health", &out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));
+    server.process.kill();
+    let out = run(bertctl().args(["health", "--server", &url, "--connect-timeout", "2"]));
+    assert_eq!(out.status.code(), Some(1), "a dead server is not healthy");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNREACHABLE"));
+}
+
+#[test]
+fn over_tls_with_an_api_key_jobs_run_and_a_refused_key_stops_the_job_at_once() {
+    const KEY: &str = "bertctl-test-key-5d1c9a7e";
+    let ca = Ca::new("bertctl test CA");
+    let (cert, key) = ca.server_cert();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("tls.crt"), cert).unwrap();
+    std::fs::write(path("tls.key"), key).unwrap();
+    std::fs::write(path("ca.crt"), &ca.pem).unwrap();
+    std::fs::write(path("keys"), format!("jobs {KEY}\n")).unwrap();
+    let addr = free_addr();
+    let _server = Running::spawn(
+        Command::new(env!("CARGO_BIN_EXE_bertd"))
+            .args(["serve", "--addr", &addr, "--model"])
+            .arg(model_dir("bert_tiny"))
+            .arg("--tls-cert")
+            .arg(path("tls.crt"))
+            .arg("--tls-key")
+            .arg(path("tls.key"))
+            .arg("--api-keys-file")
+            .arg(path("keys"))
+            .env_clear()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let port = addr.rsplit_once(':').unwrap().1;
+    // The certificate names localhost; the health check is open, so it shows readiness.
+    let url = format!("https://localhost:{port}");
+    let started = Instant::now();
+    while !run(bertctl()
+        .args(["health", "--server", &url, "--ca"])
+        .arg(path("ca.crt")))
+    .status
+    .success()
+    {
+        assert!(
+            started.elapsed() < process::START_TIMEOUT,
+            "the server starts"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let texts = corpus(40, 10);
+    write_lines(&path("in.txt"), &texts);
+    let job = |key: Option<&str>, output: &str| {
+        let mut command = bertctl();
+        command
+            .args(["encode", "--server", &url, "--ca"])
+            .arg(path("ca.crt"))
+            .arg("-i")
+            .arg(path("in.txt"))
+            .arg("-o")
+            .arg(path(output));
+        if let Some(key) = key {
+            command.env("BERTD_API_KEY", key);
+        }
+        run(&mut command)
+    };
+    let out = job(Some(KEY), "keyed.jsonl");
+    assert_success("with the key", &out);
+    assert_eq!(read_jsonl(&path("keyed.jsonl")).len(), texts.len());
+
+    std::fs::write(path("key.txt"), format!("{KEY}\n")).unwrap();
+    let out = run(bertctl()
+        .args(["info", "--server", &url, "--ca"])
+        .arg(path("ca.crt"))
+        .arg("--api-key-file")
+        .arg(path("key.txt")));
+    assert_success("info with a key file", &out);
+
+    for (key, output) in [
+        (None, "keyless.jsonl"),
+        (Some("wrong-key-0123456789"), "wrong.jsonl"),
+    ] {
+        let started = Instant::now();
+        let out = job(key, output);
+        assert_eq!(out.status.code(), Some(101), "{}", stderr(&out));
+        assert!(stderr(&out).contains("UNAUTHENTICATED"), "{}", stderr(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a refused key stops the job instead of retrying: {:?}",
+            started.elapsed()
+        );
+    }
+    // A client that does not trust the server's CA does not send it anything.
+    let out = run(bertctl()
+        .args(["info", "--server", &url])
+        .env("BERTD_API_KEY", KEY));
+    assert_eq!(out.status.code(), Some(101));
+}
