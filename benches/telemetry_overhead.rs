@@ -17,7 +17,7 @@ mod otlp;
 #[path = "../tests/common/process.rs"]
 mod process;
 use common::{arg, corpus, latency, stream_rate};
-use process::{terminate, wait_serving};
+use process::{Running, wait_serving};
 
 const INPUTS_PER_MESSAGE: usize = 16;
 
@@ -86,21 +86,21 @@ fn main() {
     for round in 0..rounds {
         for ((name, env), row) in configs.iter().zip(&mut rows) {
             let addr = format!("127.0.0.1:{}", free_port());
-            let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
-                .args(["serve", "--addr", &addr, "--log-level", "warn"])
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+            let server = Running::spawn(
+                Command::new(env!("CARGO_BIN_EXE_bertd"))
+                    .args(["serve", "--addr", &addr, "--log-level", "warn"])
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            );
             let (rate, (p50, p99)) = runtime.block_on(async {
                 let channel = wait_serving(&addr).await;
                 let rate = stream_rate(channel.clone(), &texts, INPUTS_PER_MESSAGE).await;
                 (rate, latency(channel, calls).await)
             });
-            terminate(&mut server);
+            server.stop();
             eprintln!("round {round}: {name}: {rate:.1} inputs/s, p50 {p50:?}, p99 {p99:?}");
             row.rates.push(rate);
             row.p50.push(p50);

@@ -4,30 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::otlp::{Receiver, hex};
-use common::process::terminate;
+use common::process::Running;
 use common::*;
-
-struct KillOnDrop(Option<Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl KillOnDrop {
-    /// SIGTERM, and the exit within a bound: the server flushes its spans on the way out.
-    fn stop(mut self) {
-        let mut child = self.0.take().unwrap();
-        terminate(&mut child);
-    }
-}
 
 #[test]
 fn a_python_client_generated_from_the_proto_works_and_its_trace_continues() {
@@ -37,7 +18,7 @@ fn a_python_client_generated_from_the_proto_works_and_its_trace_continues() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (receiver, collector) = runtime.block_on(Receiver::start());
     let addr = free_addr();
-    let server = KillOnDrop(Some(
+    let server = Running::spawn(
         Command::new(env!("CARGO_BIN_EXE_bertd"))
             .args([
                 "serve",
@@ -52,10 +33,8 @@ fn a_python_client_generated_from_the_proto_works_and_its_trace_continues() {
                 format!("http://{collector}"),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+            .stderr(Stdio::null()),
+    );
     // The client waits until the server reports SERVING.
     let out = Command::new(&python)
         .arg(root.join("tests/python/client_test.py"))
@@ -99,7 +78,7 @@ fn a_python_client_works_over_tls_with_an_api_key() {
     let ca_file = secret.path("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let addr = free_addr();
-    let server = KillOnDrop(Some(
+    let server = Running::spawn(
         Command::new(env!("CARGO_BIN_EXE_bertd"))
             .args(["serve", "--addr", &addr])
             .arg("--model")
@@ -112,10 +91,8 @@ fn a_python_client_works_over_tls_with_an_api_key() {
             .arg(secret.path("keys"))
             .env_clear()
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
+            .stderr(Stdio::null()),
+    );
     let out = Command::new(root.join(".venv/bin/python"))
         .arg(root.join("tests/python/client_test.py"))
         .args(["--addr", &addr, "--api-key", PYTHON_KEY])

@@ -70,11 +70,8 @@ impl Running {
         ))
     }
 
-    pub fn id(&self) -> u32 {
-        self.0.as_ref().expect("running").id()
-    }
-
     /// SIGKILL: the process dies mid-work, as on a crash or a lost node.
+    #[allow(dead_code)] // The tests' (the benchmarks only stop servers).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {
             child.kill().unwrap();
