@@ -2,6 +2,8 @@
 VENV   := .venv
 PYTHON := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-done
+# The Node client example's packages (clients/node/package-lock.json).
+NODE_STAMP  := clients/node/node_modules/.setup-done
 
 # tch's build finds libtorch through the venv's python (LIBTORCH_USE_PYTORCH + VIRTUAL_ENV).
 export LIBTORCH_USE_PYTORCH := 1
@@ -12,12 +14,16 @@ ADDR ?= 127.0.0.1:50051
 
 .PHONY: setup build run test lint bench compare stream-memory gpu-pack fuzz soak fixtures clean
 
-setup: $(SETUP_STAMP)
+setup: $(SETUP_STAMP) $(NODE_STAMP)
 
 $(SETUP_STAMP): requirements.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(NODE_STAMP): clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 build: setup

@@ -19,23 +19,15 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_tools import protoc
 from opentelemetry import propagate
 from opentelemetry.sdk.trace import TracerProvider
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTO = ROOT / "proto"
+# The stubs come from the Python client example's generator (clients/python/generate.py).
+sys.path.insert(0, str(ROOT / "clients" / "python"))
+from generate import generate  # noqa: E402
+
 REFERENCES = ROOT / "tests" / "fixtures" / "references" / "classifier_single.json"
-
-
-def generate_stubs(out: Path):
-    well_known = Path(protoc.__file__).parent / "_proto"
-    files = [str(p.relative_to(PROTO)) for p in sorted(PROTO.rglob("*.proto"))]
-    code = protoc.main(["grpc_tools.protoc", f"-I{PROTO}", f"-I{well_known}",
-                        f"--python_out={out}", f"--grpc_python_out={out}", *files])
-    if code != 0:
-        raise SystemExit(f"protoc failed with {code}")
-    sys.path.insert(0, str(out))
 
 
 def wait_until_serving(channel, health_pb2, health_pb2_grpc, seconds=60):
@@ -81,7 +73,7 @@ def main():
     refs = json.loads(REFERENCES.read_text())
 
     with tempfile.TemporaryDirectory() as out:
-        generate_stubs(Path(out))
+        sys.path.insert(0, str(generate(Path(out))))
         common = importlib.import_module("bert.v1.common_pb2")
         enc = importlib.import_module("bert.v1.encoder_pb2")
         enc_grpc = importlib.import_module("bert.v1.encoder_pb2_grpc")
