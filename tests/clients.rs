@@ -23,8 +23,11 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Each input's labels, best first, with their scores.
+type Ranked = Vec<Vec<(String, f32)>>;
+
 /// The server's own answers: unary encodes of `texts`, and classification of the unary texts.
-fn server_answers(addr: &str, texts: &[String]) -> (Vec<Vec<f32>>, Vec<Vec<(String, f32)>>) {
+fn server_answers(addr: &str, texts: &[String]) -> (Vec<Vec<f32>>, Ranked) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let channel = wait_serving(addr).await;
