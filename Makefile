@@ -27,7 +27,7 @@ $(NODE_STAMP): clients/node/package-lock.json
 	touch $@
 
 build: setup
-	cargo build --release --bin bertd --bin bertctl
+	cargo build --release --workspace --bins
 
 ## The main job: serve the default model on CPU at $(ADDR) until SIGTERM / Ctrl-C.
 run: build
