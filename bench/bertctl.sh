@@ -7,7 +7,7 @@
 #
 #   bench/bertctl.sh [flags for `bertd serve`, e.g. --model tests/fixtures/models/bert_tiny]
 #
-# Environment: LINES, MEMORY_LINES, STREAMS (2), BATCH (32), OUT (target/bench-bertctl), and
+# Environment: LINES, MEMORY_LINES (0 skips that run), STREAMS (2), BATCH (32), WINDOW (16), OUT (target/bench-bertctl), and
 # those of bench/common.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,7 @@ LINES=${LINES:-100000}
 MEMORY_LINES=${MEMORY_LINES:-1000000}
 STREAMS=${STREAMS:-2}
 BATCH=${BATCH:-32}
+WINDOW=${WINDOW:-16}  # bertctl's default
 CONCURRENCY=$STREAMS
 BERTCTL=./target/release/bertctl
 source bench/common.sh
@@ -31,13 +32,16 @@ url="http://127.0.0.1:$port"
   --inputs-per-request "$BATCH" --json "$OUT/capacity.json" > /dev/null
 # GNU time's maximum resident set size (KiB) is the client's peak memory.
 /usr/bin/time -f '%M' -o "$OUT/bertctl.rss" "$BERTCTL" encode --server "$url" --streams "$STREAMS" \
-  --batch "$BATCH" -i "$OUT/corpus.txt" -o "$OUT/out.npy" --overwrite 2> "$OUT/bertctl.json"
+  --batch "$BATCH" --window "$WINDOW" -i "$OUT/corpus.txt" -o "$OUT/out.npy" --overwrite 2> "$OUT/bertctl.json"
 
-for _ in $(seq $(( (MEMORY_LINES + LINES - 1) / LINES ))); do cat "$OUT/corpus.txt"; done \
-  | head -n "$MEMORY_LINES" > "$OUT/memory-corpus.txt"
-/usr/bin/time -f '%M' -o "$OUT/memory.rss" "$BERTCTL" encode --server "$url" --streams "$STREAMS" \
-  --batch "$BATCH" -i "$OUT/memory-corpus.txt" -o "$OUT/memory.npy" --overwrite 2> "$OUT/memory.json"
-rm -f "$OUT/memory-corpus.txt" "$OUT/memory.npy"
+rm -f "$OUT/memory.json" "$OUT/memory.rss"
+if (( MEMORY_LINES > 0 )); then
+  for _ in $(seq $(( (MEMORY_LINES + LINES - 1) / LINES ))); do cat "$OUT/corpus.txt"; done \
+    | head -n "$MEMORY_LINES" > "$OUT/memory-corpus.txt"
+  /usr/bin/time -f '%M' -o "$OUT/memory.rss" "$BERTCTL" encode --server "$url" --streams "$STREAMS" \
+    --batch "$BATCH" --window "$WINDOW" -i "$OUT/memory-corpus.txt" -o "$OUT/memory.npy" --overwrite 2> "$OUT/memory.json"
+  rm -f "$OUT/memory-corpus.txt" "$OUT/memory.npy"
+fi
 
 "$PY" - "$OUT" "$LINES" "$MEMORY_LINES" <<'PY'
 import json, sys
@@ -45,13 +49,14 @@ from pathlib import Path
 out, lines, memory_lines = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 capacity = json.loads((out / "capacity.json").read_text())["runs"][0]["inputs_per_s"]
 summary = json.loads((out / "bertctl.json").read_text().splitlines()[-1])
-memory = json.loads((out / "memory.json").read_text().splitlines()[-1])
 rss = int((out / "bertctl.rss").read_text().split()[-1]) / 1024
-memory_rss = int((out / "memory.rss").read_text().split()[-1]) / 1024
 print(f"bertd bench (server capacity): {capacity:.0f} inputs/s")
 print(f"bertctl encode -> .npy, {lines} lines: {summary['items_per_second']:.0f} inputs/s "
       f"({summary['items_per_second'] / capacity:.2f}x capacity), peak RSS {rss:.0f} MiB, "
       f"{summary['failed']} failed")
-print(f"bertctl encode -> .npy, {memory_lines} lines: {memory['items_per_second']:.0f} inputs/s, "
-      f"peak RSS {memory_rss:.0f} MiB, {memory['failed']} failed")
+if (out / "memory.json").exists():
+    memory = json.loads((out / "memory.json").read_text().splitlines()[-1])
+    memory_rss = int((out / "memory.rss").read_text().split()[-1]) / 1024
+    print(f"bertctl encode -> .npy, {memory_lines} lines: {memory['items_per_second']:.0f} inputs/s, "
+          f"peak RSS {memory_rss:.0f} MiB, {memory['failed']} failed")
 PY

@@ -5,7 +5,7 @@
 //! `cargo test --workspace` (what `make test` runs) builds `bertctl` next to this test.
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -20,8 +20,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pb::encoder_client::EncoderClient;
 use serde_json::Value;
 
-/// How long a job may take before the test gives up on it.
-const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a job may take before the test gives up on it (the tests share 2 cores).
+const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a test looks at a job's output while waiting for it to grow.
 const POLL: Duration = Duration::from_millis(5);
 /// The tiny fixture model's maximum input length: longer inputs fail with `--truncate false`.
@@ -29,15 +29,44 @@ const MAX_TOKENS: usize = 48;
 /// Tolerance between vectors computed in different batches (padding changes the sums' order).
 const TOLERANCE: f32 = 1e-5;
 
+/// The `bertctl` built beside this test, refused when older than its sources: `cargo test
+/// --test bertctl` alone does not rebuild another package's binary.
+/// Held by the tests that kill a process mid-job, so that they do not also compete with each
+/// other for the cores while they watch a job's progress.
+static MID_JOB_KILLS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn bertctl_path() -> PathBuf {
     let dir = std::env::current_exe().unwrap();
     let path = dir.parent().unwrap().parent().unwrap().join("bertctl");
+    let build =
+        "build it with `cargo test --workspace` (as `make test` does) or `cargo build -p bertctl`";
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}: {build}", path.display()));
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("bertctl/src");
+    let newest = newest_file(&sources);
     assert!(
-        path.exists(),
-        "{} exists: build it with `cargo test --workspace` (as `make test` does)",
-        path.display()
+        built >= newest,
+        "{} is older than {}: {build}",
+        path.display(),
+        sources.display()
     );
     path
+}
+
+fn newest_file(dir: &Path) -> std::time::SystemTime {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                newest_file(&entry.path())
+            } else {
+                entry.metadata().unwrap().modified().unwrap()
+            }
+        })
+        .max()
+        .unwrap_or(std::time::UNIX_EPOCH)
 }
 
 fn bertctl() -> Command {
@@ -46,8 +75,47 @@ fn bertctl() -> Command {
     command
 }
 
+/// Runs a command to its end, within `JOB_TIMEOUT`.
 fn run(command: &mut Command) -> Output {
-    command.stdin(Stdio::null()).output().unwrap()
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child)
+}
+
+/// Waits for a child and collects what it printed, within `JOB_TIMEOUT`: a job that hangs
+/// fails the test instead of stopping the suite.
+fn finish(mut child: std::process::Child) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                pipe.read_to_end(&mut bytes).unwrap();
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > JOB_TIMEOUT {
+            child.kill().unwrap();
+            panic!("the job did not end within {JOB_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
 
 fn stderr(out: &Output) -> String {
@@ -331,7 +399,7 @@ fn every_input_format_round_trips_with_its_ids_and_the_servers_vectors() {
     let mut stdin = child.stdin.take().unwrap();
     let input = texts.join("\n") + "\n";
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
+    let out = finish(child);
     writer.join().unwrap();
     assert_success("stdin to stdout", &out);
     std::fs::write(path("stdout.jsonl"), &out.stdout).unwrap();
@@ -462,8 +530,10 @@ fn a_killed_job_resumed_writes_the_bytes_of_an_uninterrupted_one() {
     // One input per forward pass: each vector is then the same bytes whatever the batching
     // (batches of different shapes round differently in the last bits), so any difference is
     // the client's. Some inputs are too long and fail, to cover the errors file too.
+    let _alone = MID_JOB_KILLS.lock().unwrap_or_else(|e| e.into_inner());
     let server = Server::start("bert_tiny", &["--max-batch-size", "1"]);
-    let mut texts = corpus(16_000, 8);
+    let mut texts = corpus(10_000, 8);
+    const FAILING: i32 = 11;
     for i in (0..texts.len()).step_by(997) {
         texts[i] = "word ".repeat(MAX_TOKENS * 2);
     }
@@ -485,20 +555,32 @@ fn a_killed_job_resumed_writes_the_bytes_of_an_uninterrupted_one() {
     for name in ["whole.jsonl", "whole.npy", "whole.parquet"] {
         let whole = dir.path().join(name);
         let out = run(&mut job(&whole));
-        assert_eq!(out.status.code(), Some(17), "{name}: 17 inputs failed");
+        assert_eq!(
+            out.status.code(),
+            Some(FAILING),
+            "{name}: {FAILING} inputs failed"
+        );
 
         let resumed = dir.path().join(name.replace("whole", "resumed"));
         let mut first = job(&resumed).spawn().unwrap();
         let parts = dir.path().join(format!("{}.parts", resumed.display()));
-        kill_when(&mut first, "a third of the output was written", || {
+        kill_when(&mut first, "part of the output was written", || {
             if name.ends_with(".parquet") {
-                std::fs::read_dir(&parts).is_ok_and(|d| d.count() >= 2)
+                // A whole part file (written under a temporary name, then renamed).
+                std::fs::read_dir(&parts).is_ok_and(|mut d| {
+                    d.any(|e| {
+                        e.unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .ends_with(".parquet")
+                    })
+                })
             } else {
                 file_len(&resumed) > file_len(&whole) / 3
             }
         });
         let out = run(job(&resumed).arg("--resume"));
-        assert_eq!(out.status.code(), Some(17), "{name} resumed");
+        assert_eq!(out.status.code(), Some(FAILING), "{name} resumed");
         assert!(
             std::fs::read(&whole).unwrap() == std::fs::read(&resumed).unwrap(),
             "{name}: the resumed output is the uninterrupted one, byte for byte"
@@ -514,10 +596,21 @@ fn a_killed_job_resumed_writes_the_bytes_of_an_uninterrupted_one() {
             "the part files are gone once the output is whole"
         );
     }
+    // Resuming against an input shorter than the output is refused, not left waiting.
+    let short = dir.path().join("short.txt");
+    write_lines(&short, &texts[..10]);
+    let out = run(bertctl()
+        .args(["encode", "--server", &server.url(), "--resume", "-i"])
+        .arg(&short)
+        .arg("-o")
+        .arg(dir.path().join("whole.jsonl")));
+    assert_eq!(out.status.code(), Some(101));
+    assert!(stderr(&out).contains("only 10 items"), "{}", stderr(&out));
 }
 
 #[test]
 fn with_two_servers_killing_one_mid_job_still_answers_every_item_once() {
+    let _alone = MID_JOB_KILLS.lock().unwrap_or_else(|e| e.into_inner());
     let mut doomed = Server::start("bert_tiny", &[]);
     let survivor = Server::start("bert_tiny", &[]);
     let texts = corpus(30_000, 30);
@@ -552,7 +645,7 @@ fn with_two_servers_killing_one_mid_job_still_answers_every_item_once() {
         std::thread::sleep(POLL);
     }
     doomed.process.kill();
-    let out = job.wait_with_output().unwrap();
+    let out = finish(job);
     assert_success("the job", &out);
     assert!(
         stderr(&out).contains(&doomed.addr),
@@ -754,6 +847,39 @@ fn a_job_reports_one_json_summary_when_stderr_is_not_a_terminal() {
     assert_eq!(summary["items"], texts.len());
     assert_eq!(summary["failed"], 0);
     assert!(summary["tokens"].as_u64().unwrap() > texts.len() as u64);
+}
+
+#[test]
+fn a_job_on_a_terminal_draws_a_progress_bar_and_ends_with_a_readable_summary() {
+    let server = Server::start("bert_tiny", &[]);
+    // Long enough for the bar to be drawn with its rates (it refreshes every few hundred ms).
+    let texts = corpus(20_000, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    write_lines(&input, &texts);
+    let command = format!(
+        "{} encode --server {} -i {} -o {}",
+        bertctl_path().display(),
+        server.url(),
+        input.display(),
+        dir.path().join("out.npy").display()
+    );
+    // util-linux `script` runs the job on a pseudo-terminal, as a user's shell would.
+    let out = run(Command::new("script").args(["-qec", &command, "/dev/null"]));
+    assert_success("on a terminal", &out);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        screen.contains("items/s") && screen.contains("ETA"),
+        "a bar: {screen}"
+    );
+    assert!(
+        screen.contains(&format!("encoded {} items (0 failed)", texts.len())),
+        "a summary for people: {screen}"
+    );
+    assert!(
+        !screen.contains("\"items_per_second\""),
+        "no JSON on a terminal: {screen}"
+    );
 }
 
 #[test]

@@ -62,6 +62,8 @@ pub enum JobError {
     Output(#[from] OutputError),
     #[error("{0}")]
     Server(String),
+    #[error("cannot resume: {0}")]
+    Resume(String),
 }
 
 /// What a finished job did.

@@ -30,6 +30,12 @@ pub(super) fn write(
             ));
         };
         match message {
+            ToWriter::End(count) if count < start => {
+                return Err(JobError::Resume(format!(
+                    "the output already has {start} rows but the input has only {count} items: \
+                     is it the same input?"
+                )));
+            }
             ToWriter::End(count) => end = Some(count),
             ToWriter::Done(done) => {
                 for done in done {
