@@ -6,8 +6,10 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
@@ -655,6 +657,187 @@ fn with_two_servers_killing_one_mid_job_still_answers_every_item_once() {
     let (ids, vectors) = ids_and_vectors(read_jsonl(&output));
     assert_eq!(ids, line_ids(texts.len()), "every item once, in order");
     assert_vectors("after losing a server", &vectors, &expected);
+}
+
+/// A host name whose addresses the test sets, as a headless Service's change when pods come and
+/// go. Every lookup is counted, so a test can wait until the job has seen a change.
+struct ScriptedDns {
+    state: Mutex<(Vec<SocketAddr>, u64)>,
+    looked_up: Condvar,
+}
+
+impl ScriptedDns {
+    fn new(addrs: Vec<SocketAddr>) -> Arc<ScriptedDns> {
+        Arc::new(ScriptedDns {
+            state: Mutex::new((addrs, 0)),
+            looked_up: Condvar::new(),
+        })
+    }
+
+    /// Answers `addrs` from now on, and returns once the job has looked the name up twice
+    /// more: its first lookup sees the change, and before asking again it has acted on it.
+    fn change_to(&self, addrs: Vec<SocketAddr>) {
+        let mut state = self.state.lock().unwrap();
+        state.0 = addrs;
+        let seen = state.1 + 2;
+        let (_state, waited) = self
+            .looked_up
+            .wait_timeout_while(state, JOB_TIMEOUT, |state| state.1 < seen)
+            .unwrap();
+        assert!(!waited.timed_out(), "the job looks the name up again");
+    }
+}
+
+impl bertctl::connect::Resolve for ScriptedDns {
+    fn lookup<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> futures_util::future::BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+        let mut state = self.state.lock().unwrap();
+        state.1 += 1;
+        self.looked_up.notify_all();
+        let addrs = state.0.clone();
+        Box::pin(async move { Ok(addrs) })
+    }
+}
+
+/// Feeds a job's input, a named pipe, one round of lines at a time, and waits for each round to
+/// be computed by the servers.
+struct Feed<'a> {
+    pipe: std::fs::File,
+    texts: &'a [String],
+    written: usize,
+    servers: &'a [&'a Server],
+    computed_before: u64,
+}
+
+impl Feed<'_> {
+    /// Inputs per round: whole messages of the job's `--batch`, so none waits for more lines.
+    const ROUND: usize = 64;
+
+    fn round(&mut self) {
+        let lines = &self.texts[self.written..self.written + Self::ROUND];
+        for line in lines {
+            writeln!(self.pipe, "{line}").unwrap();
+        }
+        self.written += Self::ROUND;
+        let started = Instant::now();
+        while self.computed() < self.written as u64 {
+            assert!(
+                started.elapsed() < JOB_TIMEOUT,
+                "{} inputs computed within {JOB_TIMEOUT:?}",
+                self.written
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn computed(&self) -> u64 {
+        self.servers.iter().map(|s| computed_inputs(s)).sum::<u64>() - self.computed_before
+    }
+}
+
+#[test]
+fn a_name_whose_addresses_change_mid_job_moves_the_work_to_the_new_ones() {
+    const BATCH: &str = "8";
+    const ROUNDS_TO_REACH_A_NEW_ADDRESS: usize = 20;
+    const ROUNDS_AFTER_RETIRING: usize = 3;
+    let old = Server::start("bert_tiny", &[]);
+    let new = Server::start("bert_tiny", &[]);
+    let address = |server: &Server| server.addr.parse::<SocketAddr>().unwrap();
+    let texts = corpus(
+        (2 + ROUNDS_TO_REACH_A_NEW_ADDRESS + ROUNDS_AFTER_RETIRING) * Feed::ROUND,
+        30,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    let output = dir.path().join("out.jsonl");
+    assert_success("mkfifo", &run(Command::new("mkfifo").arg(&input)));
+    // Open for reading too, so that neither this open nor the job's waits for the other; the
+    // job's input ends when this is closed.
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&input)
+        .unwrap();
+
+    let dns = ScriptedDns::new(vec![address(&old)]);
+    let args: Vec<std::ffi::OsString> = vec![
+        "bertctl".into(),
+        "encode".into(),
+        "--server".into(),
+        "http://bertd.headless.test:50051".into(),
+        "--batch".into(),
+        BATCH.into(),
+        "--resolve-every".into(),
+        "0.05".into(),
+        "--no-progress".into(),
+        "-i".into(),
+        input.clone().into(),
+        "-o".into(),
+        output.clone().into(),
+    ];
+    let (exit_tx, exit_rx) = std::sync::mpsc::channel();
+    let job = {
+        let dns = dns.clone();
+        std::thread::spawn(move || {
+            let _ = exit_tx.send(bertctl::run(args, dns));
+        })
+    };
+
+    let servers = [&old, &new];
+    let mut feed = Feed {
+        pipe,
+        texts: &texts,
+        written: 0,
+        computed_before: servers.iter().map(|s| computed_inputs(s)).sum(),
+        servers: &servers,
+    };
+    let new_before = computed_inputs(&new);
+    feed.round();
+    assert_eq!(
+        computed_inputs(&new),
+        new_before,
+        "not yet in DNS, not used"
+    );
+
+    dns.change_to(vec![address(&old), address(&new)]);
+    let mut rounds = 0;
+    while computed_inputs(&new) == new_before {
+        assert!(
+            rounds < ROUNDS_TO_REACH_A_NEW_ADDRESS,
+            "an address new in DNS gets work within {ROUNDS_TO_REACH_A_NEW_ADDRESS} rounds"
+        );
+        feed.round();
+        rounds += 1;
+    }
+
+    dns.change_to(vec![address(&new)]);
+    let old_after = computed_inputs(&old);
+    for _ in 0..ROUNDS_AFTER_RETIRING {
+        feed.round();
+    }
+    assert_eq!(
+        computed_inputs(&old),
+        old_after,
+        "an address gone from DNS gets no more work"
+    );
+
+    let written = feed.written;
+    drop(feed);
+    let exit = exit_rx
+        .recv_timeout(JOB_TIMEOUT)
+        .expect("the job ends when its input does");
+    job.join().unwrap();
+    assert_eq!(exit, bertctl::EXIT_OK);
+    let (ids, vectors) = ids_and_vectors(read_jsonl(&output));
+    assert_eq!(ids, line_ids(written), "every item once, in order");
+    assert_vectors(
+        "across changing addresses",
+        &vectors,
+        &reference(&new, &texts[..written]),
+    );
 }
 
 #[test]

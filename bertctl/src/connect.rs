@@ -6,9 +6,11 @@
 //! certificate for `bertd.ns.svc` is accepted at each of that name's pod addresses.
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use futures_util::future::BoxFuture;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
@@ -112,20 +114,30 @@ impl Target {
             origin: uri,
         })
     }
+}
 
-    /// The addresses the host has now.
-    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, ConnectError> {
-        let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
-            .await
-            .map_err(|source| ConnectError::Resolve {
-                url: self.url.clone(),
-                host: self.host.clone(),
-                source,
-            })?
-            .collect();
-        addrs.sort();
-        addrs.dedup();
-        Ok(addrs)
+/// Where host names get their addresses.
+pub trait Resolve: Send + Sync {
+    /// Every address of `host`, with `port`; an empty list when it has none now.
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>>;
+}
+
+/// The system's resolver (getaddrinfo: the hosts file, then DNS), as every other program on the
+/// machine resolves. Nothing is cached here: each lookup asks again, which is what lets a job
+/// follow the pods of a headless Service.
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, std::io::Result<Vec<SocketAddr>>> {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host, port)).await?.collect()) })
     }
 }
 
@@ -150,6 +162,7 @@ impl Interceptor for Auth {
 /// Everything needed to open a channel to any address of any target.
 #[derive(Clone)]
 pub struct Connector {
+    resolver: Arc<dyn Resolve>,
     tls: ClientTlsConfig,
     tls_server_name: Option<String>,
     pub auth: Auth,
@@ -175,7 +188,7 @@ fn seconds(what: &str, value: f64) -> Result<Duration, ConnectError> {
 }
 
 impl Connector {
-    pub fn new(args: &ServerArgs) -> Result<Connector, ConnectError> {
+    pub fn new(args: &ServerArgs, resolver: Arc<dyn Resolve>) -> Result<Connector, ConnectError> {
         let mut tls = ClientTlsConfig::new();
         tls = match &args.ca {
             Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
@@ -207,12 +220,29 @@ impl Connector {
             }
         };
         Ok(Connector {
+            resolver,
             tls,
             tls_server_name: args.tls_server_name.clone(),
             auth,
             connect_timeout: seconds("--connect-timeout", args.connect_timeout)?,
             timeout: seconds("--timeout", args.timeout)?,
         })
+    }
+
+    /// The addresses `target`'s host has now, sorted, each once.
+    pub async fn resolve(&self, target: &Target) -> Result<Vec<SocketAddr>, ConnectError> {
+        let mut addrs = self
+            .resolver
+            .lookup(&target.host, target.port)
+            .await
+            .map_err(|source| ConnectError::Resolve {
+                url: target.url.clone(),
+                host: target.host.clone(),
+                source,
+            })?;
+        addrs.sort();
+        addrs.dedup();
+        Ok(addrs)
     }
 
     /// A lazily connecting channel to one address of `target`.
@@ -241,7 +271,7 @@ impl Connector {
     pub async fn first(&self, args: &ServerArgs) -> Result<Channel, ConnectError> {
         let url = args.servers.first().expect("--server has a default");
         let target = Target::parse(url)?;
-        let addrs = target.resolve().await?;
+        let addrs = self.resolve(&target).await?;
         let addr = addrs.first().ok_or_else(|| ConnectError::Url {
             url: url.clone(),
             message: "the host has no address".into(),

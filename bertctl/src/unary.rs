@@ -1,15 +1,13 @@
 //! Commands of one call each: `tokenize`, `info`, `health`; and the model's width for a job.
-use std::process::ExitCode;
-
 use bertd_proto::bert::v1 as pb;
 use pb::model_client::ModelClient;
 use pb::tokenizer_client::TokenizerClient;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::CliError;
 use crate::connect::{Connector, MAX_RESPONSE_BYTES, ServerArgs, Target};
 use crate::job::call::Call;
+use crate::{CliError, EXIT_OK, EXIT_UNHEALTHY};
 
 fn call_error(what: &str, status: tonic::Status) -> CliError {
     CliError::Call(format!(
@@ -58,22 +56,21 @@ fn print_json(value: &impl serde::Serialize) {
     );
 }
 
-pub async fn info(server: &ServerArgs) -> Result<ExitCode, CliError> {
-    let connector = Connector::new(server)?;
-    let info = model_info(&connector, server).await?;
+pub async fn info(connector: &Connector, server: &ServerArgs) -> Result<u8, CliError> {
+    let info = model_info(connector, server).await?;
     println!(
         "{}",
         serde_json::to_string_pretty(&info).expect("generated types serialize")
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(EXIT_OK)
 }
 
 pub async fn tokenize(
+    connector: &Connector,
     server: &ServerArgs,
     truncate: Option<bool>,
     texts: Vec<String>,
-) -> Result<ExitCode, CliError> {
-    let connector = Connector::new(server)?;
+) -> Result<u8, CliError> {
     let channel = connector.first(server).await?;
     let mut client = TokenizerClient::with_interceptor(channel, connector.auth.clone())
         .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -85,29 +82,29 @@ pub async fn tokenize(
         })
         .collect();
     let response = client
-        .tokenize(request(
-            &connector,
-            pb::TokenizeRequest { inputs, truncate },
-        ))
+        .tokenize(request(connector, pb::TokenizeRequest { inputs, truncate }))
         .await
         .map_err(|s| call_error("Tokenizer.Tokenize", s))?;
     for result in response.into_inner().results {
         print_json(&result);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(EXIT_OK)
 }
 
-pub async fn health(server: &ServerArgs, service: String) -> Result<ExitCode, CliError> {
-    let connector = Connector::new(server)?;
+pub async fn health(
+    connector: &Connector,
+    server: &ServerArgs,
+    service: String,
+) -> Result<u8, CliError> {
     let mut all_serving = true;
     for url in &server.servers {
         let target = Target::parse(url)?;
-        for addr in target.resolve().await? {
+        for addr in connector.resolve(&target).await? {
             let channel = connector.channel(&target, addr)?;
             let mut client = HealthClient::with_interceptor(channel, connector.auth.clone());
             let check = client
                 .check(request(
-                    &connector,
+                    connector,
                     HealthCheckRequest {
                         service: service.clone(),
                     },
@@ -132,9 +129,5 @@ pub async fn health(server: &ServerArgs, service: String) -> Result<ExitCode, Cl
             println!("{url} {addr} {status}");
         }
     }
-    Ok(if all_serving {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if all_serving { EXIT_OK } else { EXIT_UNHEALTHY })
 }

@@ -61,7 +61,7 @@ pub(super) async fn manage(
         }
         tokio::time::sleep(shared.settings.resolve_every).await;
         for (t, target) in targets.iter().enumerate() {
-            match target.resolve().await {
+            match shared.connector.resolve(target).await {
                 Ok(addrs) if !addrs.is_empty() => known[t] = addrs,
                 Ok(_) => shared.progress.warn(&format!(
                     "--server {}: no address now; keeping the last ones",

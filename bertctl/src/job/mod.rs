@@ -255,8 +255,9 @@ pub async fn run(job: Job) -> Result<Totals, JobError> {
     // Every address known before anything is read: a job that cannot reach any server stops here.
     let mut addresses = Vec::new();
     for target in &job.targets {
-        let addrs = target
-            .resolve()
+        let addrs = job
+            .connector
+            .resolve(target)
             .await
             .map_err(|e| JobError::Server(e.to_string()))?;
         if addrs.is_empty() {

@@ -46,8 +46,9 @@ pub(super) async fn run(
             return;
         }
         let first = tokio::select! {
-            chunk = shared.next_chunk() => chunk,
+            biased;
             _ = retired.changed() => None,
+            chunk = shared.next_chunk() => chunk,
         };
         let Some(first) = first else { return };
         match stream(&shared, &backend, first, &mut retired).await {
@@ -155,12 +156,13 @@ async fn stream(
                 lose_all(&mut inflight, &failure);
                 return Err(failure);
             }
+            // Before taking work: a retired slot takes none, even when some is waiting.
+            _ = retired.changed(), if sender.is_some() => sender = None,
             chunk = shared.next_chunk(), if taking => match chunk {
                 Some(chunk) => send(&mut sender, &mut inflight, chunk).await,
                 // Nothing more to send: closing our side ends the stream once it is answered.
                 None => sender = None,
             },
-            _ = retired.changed(), if sender.is_some() => sender = None,
         }
     }
 }
