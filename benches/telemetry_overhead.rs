@@ -7,7 +7,7 @@
 //!
 //! Options: `--inputs N` (default 2048), `--latency-calls N` (default 200), `--rounds N`
 //! (default 3).
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 mod common;
@@ -87,13 +87,10 @@ fn main() {
         for ((name, env), row) in configs.iter().zip(&mut rows) {
             let addr = format!("127.0.0.1:{}", free_port());
             let server = Running::spawn(
-                Command::new(env!("CARGO_BIN_EXE_bertd"))
-                    .args(["serve", "--addr", &addr, "--log-level", "warn"])
-                    .env_clear()
+                process::serve(&addr, &bertd::config::default_model_dir())
+                    .args(["--log-level", "warn"])
                     .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
+                    .stdin(Stdio::null()),
             );
             let (rate, (p50, p99)) = runtime.block_on(async {
                 let channel = wait_serving(&addr).await;

@@ -10,15 +10,6 @@ use common::*;
 use serde_json::Value;
 
 /// Runs `command`, which must succeed (its stderr otherwise in the failure).
-fn succeed(command: &mut Command) {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Lines of the corpus: varied lengths, so batches pad.
 const LINES: usize = 50;
 

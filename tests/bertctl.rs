@@ -77,6 +77,17 @@ fn bertctl() -> Command {
     command
 }
 
+/// `bertctl encode` of `input` into `output` through every server of `urls`; more flags may follow.
+fn encode(urls: &[&str], input: &Path, output: &Path) -> Command {
+    let mut command = bertctl();
+    command.arg("encode");
+    for url in urls {
+        command.args(["--server", url]);
+    }
+    command.arg("-i").arg(input).arg("-o").arg(output);
+    command
+}
+
 /// Runs a command to its end, within `JOB_TIMEOUT`.
 fn run(command: &mut Command) -> Output {
     let child = command
@@ -133,15 +144,7 @@ struct Server {
 impl Server {
     fn start(model: &str, args: &[&str]) -> Server {
         let addr = free_addr();
-        let process = Running::spawn(
-            Command::new(env!("CARGO_BIN_EXE_bertd"))
-                .args(["serve", "--addr", &addr, "--model"])
-                .arg(model_dir(model))
-                .args(args)
-                .env_clear()
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
+        let process = Running::spawn(process::serve(&addr, &model_dir(model)).args(args));
         let server = Server { process, addr };
         runtime().block_on(wait_serving(&server.addr));
         server
@@ -159,28 +162,16 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Words of at most 5 tokens each in the tiny model's vocabulary, so a line of up to 8 words is
+/// never longer than `MAX_TOKENS` (the tests that fail long inputs on purpose rely on it).
+const WORDS: [&str; 16] = [
+    "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven",
+    "wizards", "quietly", "hex", "every", "judge",
+];
+
 /// Mixed-length lines, deterministic: 1 to `max_words` words each.
 fn corpus(lines: usize, max_words: usize) -> Vec<String> {
-    const WORDS: [&str; 16] = [
-        "the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven",
-        "wizards", "quietly", "hex", "every", "judge",
-    ];
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 33) as usize
-    };
-    (0..lines)
-        .map(|_| {
-            let words = 1 + next() % max_words;
-            (0..words)
-                .map(|_| WORDS[next() % WORDS.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    common::sentences::sentences(lines, 1..=max_words, &WORDS)
 }
 
 fn write_lines(path: &Path, lines: &[String]) {
@@ -378,12 +369,7 @@ fn every_input_format_round_trips_with_its_ids_and_the_servers_vectors() {
     ];
     for (input, args, ids) in cases {
         let output = path(&format!("{input}.out.jsonl"));
-        let out = run(bertctl()
-            .args(["encode", "--server", &server.url(), "-i"])
-            .arg(path(input))
-            .arg("-o")
-            .arg(&output)
-            .args(args));
+        let out = run(encode(&[&server.url()], &path(input), &output).args(args));
         assert_success(input, &out);
         let (got_ids, vectors) = ids_and_vectors(read_jsonl(&output));
         assert_eq!(&got_ids, ids, "{input}: ids in input order");
@@ -391,8 +377,7 @@ fn every_input_format_round_trips_with_its_ids_and_the_servers_vectors() {
     }
 
     // stdin in, stdout out.
-    let mut child = bertctl()
-        .args(["encode", "--server", &server.url(), "-i", "-", "-o", "-"])
+    let mut child = encode(&[&server.url()], Path::new("-"), Path::new("-"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -427,11 +412,7 @@ fn every_output_format_holds_the_servers_vectors_in_input_order() {
     write_lines(&input, &texts);
     for name in ["out.jsonl", "out.npy", "out.parquet"] {
         let output = dir.path().join(name);
-        let out = run(bertctl()
-            .args(["encode", "--server", &server.url(), "--batch", "7", "-i"])
-            .arg(&input)
-            .arg("-o")
-            .arg(&output));
+        let out = run(encode(&[&server.url()], &input, &output).args(["--batch", "7"]));
         assert_success(name, &out);
         let vectors = match name {
             "out.npy" => read_npy(&output),
@@ -453,11 +434,11 @@ fn every_output_format_holds_the_servers_vectors_in_input_order() {
         );
     }
     // An existing output is not replaced by accident.
-    let out = run(bertctl()
-        .args(["encode", "--server", &server.url(), "-i"])
-        .arg(&input)
-        .arg("-o")
-        .arg(dir.path().join("out.npy")));
+    let out = run(&mut encode(
+        &[&server.url()],
+        &input,
+        &dir.path().join("out.npy"),
+    ));
     assert_eq!(out.status.code(), Some(101));
     assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
 }
@@ -474,18 +455,16 @@ fn order_is_kept_across_four_streams_to_each_of_two_servers() {
     let input = dir.path().join("in.txt");
     let output = dir.path().join("out.jsonl");
     write_lines(&input, &texts);
-    let out = run(bertctl()
-        .args([
-            "encode",
-            "--server",
-            &servers[0].url(),
-            "--server",
-            &servers[1].url(),
-        ])
-        .args(["--streams", "4", "--batch", "3", "--window", "2", "-i"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&output));
+    let out = run(
+        encode(&[&servers[0].url(), &servers[1].url()], &input, &output).args([
+            "--streams",
+            "4",
+            "--batch",
+            "3",
+            "--window",
+            "2",
+        ]),
+    );
     assert_success("encode", &out);
     let (ids, vectors) = ids_and_vectors(read_jsonl(&output));
     assert_eq!(ids, line_ids(texts.len()));
@@ -543,13 +522,9 @@ fn a_killed_job_resumed_writes_the_bytes_of_an_uninterrupted_one() {
     let input = dir.path().join("in.txt");
     write_lines(&input, &texts);
     let job = |output: &Path| {
-        let mut command = bertctl();
+        let mut command = encode(&[&server.url()], &input, output);
         command
-            .args(["encode", "--server", &server.url(), "--truncate", "false"])
-            .args(["--batch", "4", "--streams", "2", "-i"])
-            .arg(&input)
-            .arg("-o")
-            .arg(output)
+            .args(["--truncate", "false", "--batch", "4", "--streams", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command
@@ -601,11 +576,8 @@ fn a_killed_job_resumed_writes_the_bytes_of_an_uninterrupted_one() {
     // Resuming against an input shorter than the output is refused, not left waiting.
     let short = dir.path().join("short.txt");
     write_lines(&short, &texts[..10]);
-    let out = run(bertctl()
-        .args(["encode", "--server", &server.url(), "--resume", "-i"])
-        .arg(&short)
-        .arg("-o")
-        .arg(dir.path().join("whole.jsonl")));
+    let out =
+        run(encode(&[&server.url()], &short, &dir.path().join("whole.jsonl")).arg("--resume"));
     assert_eq!(out.status.code(), Some(101));
     assert!(stderr(&out).contains("only 10 items"), "{}", stderr(&out));
 }
@@ -621,18 +593,8 @@ fn with_two_servers_killing_one_mid_job_still_answers_every_item_once() {
     let input = dir.path().join("in.txt");
     let output = dir.path().join("out.jsonl");
     write_lines(&input, &texts);
-    let mut job = bertctl()
-        .args([
-            "encode",
-            "--server",
-            &doomed.url(),
-            "--server",
-            &survivor.url(),
-        ])
-        .args(["--batch", "8", "--retry-delay", "0.05", "-i"])
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
+    let mut job = encode(&[&doomed.url(), &survivor.url()], &input, &output)
+        .args(["--batch", "8", "--retry-delay", "0.05"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -853,18 +815,7 @@ fn failed_inputs_are_listed_with_their_lines_and_counted_in_the_exit_status() {
     let input = dir.path().join("in.txt");
     let output = dir.path().join("out.jsonl");
     write_lines(&input, &texts);
-    let out = run(bertctl()
-        .args([
-            "encode",
-            "--server",
-            &server.url(),
-            "--truncate",
-            "false",
-            "-i",
-        ])
-        .arg(&input)
-        .arg("-o")
-        .arg(&output));
+    let out = run(encode(&[&server.url()], &input, &output).args(["--truncate", "false"]));
     assert_eq!(
         out.status.code(),
         Some(too_long.len() as i32),
@@ -930,12 +881,8 @@ fn bad_input_files_are_refused_naming_the_file_and_line() {
     for (name, content, args, message) in cases {
         let input = dir.path().join(name);
         std::fs::write(&input, content).unwrap();
-        let out = run(bertctl()
-            .args(["encode", "--server", &server.url(), "-i"])
-            .arg(&input)
-            .arg("-o")
-            .arg(dir.path().join(format!("{name}.out.jsonl")))
-            .args(args));
+        let output = dir.path().join(format!("{name}.out.jsonl"));
+        let out = run(encode(&[&server.url()], &input, &output).args(args));
         assert_eq!(out.status.code(), Some(101), "{name}: {}", stderr(&out));
         let expected = format!("{}{message}", input.display());
         assert!(
@@ -1017,11 +964,11 @@ fn a_job_reports_one_json_summary_when_stderr_is_not_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.txt");
     write_lines(&input, &texts);
-    let out = run(bertctl()
-        .args(["encode", "--server", &server.url(), "-i"])
-        .arg(&input)
-        .arg("-o")
-        .arg(dir.path().join("out.jsonl")));
+    let out = run(&mut encode(
+        &[&server.url()],
+        &input,
+        &dir.path().join("out.jsonl"),
+    ));
     assert_success("encode", &out);
     let text = stderr(&out);
     let lines: Vec<&str> = text.lines().collect();
@@ -1106,20 +1053,12 @@ fn over_tls_with_an_api_key_jobs_run_and_a_refused_key_stops_the_job_at_once() {
     std::fs::write(path("ca.crt"), &ca.pem).unwrap();
     std::fs::write(path("keys"), format!("jobs {KEY}\n")).unwrap();
     let addr = free_addr();
-    let _server = Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bertd"))
-            .args(["serve", "--addr", &addr, "--model"])
-            .arg(model_dir("bert_tiny"))
-            .arg("--tls-cert")
-            .arg(path("tls.crt"))
-            .arg("--tls-key")
-            .arg(path("tls.key"))
-            .arg("--api-keys-file")
-            .arg(path("keys"))
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _server = Running::spawn(process::secured(
+        &mut process::serve(&addr, &model_dir("bert_tiny")),
+        &path("tls.crt"),
+        &path("tls.key"),
+        &path("keys"),
+    ));
     let port = addr.rsplit_once(':').unwrap().1;
     // The certificate names localhost; the health check is open, so it shows readiness.
     let url = format!("https://localhost:{port}");
@@ -1139,14 +1078,8 @@ fn over_tls_with_an_api_key_jobs_run_and_a_refused_key_stops_the_job_at_once() {
     let texts = corpus(40, 10);
     write_lines(&path("in.txt"), &texts);
     let job = |key: Option<&str>, output: &str| {
-        let mut command = bertctl();
-        command
-            .args(["encode", "--server", &url, "--ca"])
-            .arg(path("ca.crt"))
-            .arg("-i")
-            .arg(path("in.txt"))
-            .arg("-o")
-            .arg(path(output));
+        let mut command = encode(&[&url], &path("in.txt"), &path(output));
+        command.arg("--ca").arg(path("ca.crt"));
         if let Some(key) = key {
             command.env("BERTD_API_KEY", key);
         }

@@ -4,11 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use bertd::api::proto::bert::v1 as pb;
 use common::grpc::{ClassifierClient, EncoderClient, input};
-use common::process::{Running, wait_serving};
+use common::process::{self, Running, wait_serving};
 use common::*;
 use serde_json::Value;
 
@@ -63,15 +63,7 @@ fn server_answers(addr: &str, texts: &[String]) -> (Vec<Vec<f32>>, Ranked) {
 /// Runs an example against a ready server and checks what it printed.
 fn check_example(name: &str, program: &Path, script: &Path) {
     let addr = free_addr();
-    let server = Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bertd"))
-            .args(["serve", "--addr", &addr])
-            .arg("--model")
-            .arg(model_dir("classifier_single"))
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let server = Running::spawn(&mut process::serve(&addr, &model_dir("classifier_single")));
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(wait_serving(&addr));

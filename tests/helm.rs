@@ -18,23 +18,18 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `command`; its output, which must say it succeeded.
-fn succeed(command: &mut Command) -> Output {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// Where helm/tools.sh installed helm and kubectl (it runs once per test process).
+fn tools() -> &'static Path {
+    static TOOLS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let out = succeed(&mut Command::new(root().join("helm/tools.sh")));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
 }
 
-/// `helm`, installed once by helm/tools.sh.
+/// `helm`, run from the repository's root.
 fn helm() -> Command {
-    let out = succeed(&mut Command::new(root().join("helm/tools.sh")));
-    let tools = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-    let mut helm = Command::new(tools.join("helm"));
+    let mut helm = Command::new(tools().join("helm"));
     helm.current_dir(root());
     helm
 }
@@ -288,12 +283,7 @@ impl Cluster {
     }
 
     fn kubectl_command(&self, args: &[&str]) -> Command {
-        let tools = PathBuf::from(
-            String::from_utf8(succeed(&mut Command::new(root().join("helm/tools.sh"))).stdout)
-                .unwrap()
-                .trim(),
-        );
-        let mut kubectl = Command::new(tools.join("kubectl"));
+        let mut kubectl = Command::new(tools().join("kubectl"));
         kubectl
             .arg("--kubeconfig")
             .arg(self.kubeconfig())

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bertd::api::proto::bert::v1 as pb;
 use bertd::config::{Settings, default_model_dir};
 use common::grpc::*;
+use common::process;
 use common::*;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -268,57 +269,18 @@ fn invalid_configuration_stops_start_up_naming_the_key() {
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let addr = free_addr();
-    let mut child = bertd()
-        .args([
-            "serve",
-            "--addr",
-            &addr,
-            "--model",
-            model_dir("bert_tiny").to_str().unwrap(),
-        ])
+    let mut child = process::serve(&addr, &model_dir("bert_tiny"))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(channel) = Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-                && health(&channel, "").await == ServingStatus::Serving
-            {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the server became SERVING"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            assert!(status.success(), "exit status {status}: {stderr}");
-            assert!(stderr.contains("stopped"), "{stderr}");
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "exits after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(process::wait_serving(&addr));
+    let status = process::terminate(&mut child);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "exit status {status}: {stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
     let _ = std::io::stderr().flush();
 }

@@ -4,10 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::otlp::{Receiver, hex};
-use common::process::Running;
+use common::process::{self, Running};
 use common::*;
 
 #[test]
@@ -18,23 +18,10 @@ fn a_python_client_generated_from_the_proto_works_and_its_trace_continues() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (receiver, collector) = runtime.block_on(Receiver::start());
     let addr = free_addr();
-    let server = Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bertd"))
-            .args([
-                "serve",
-                "--addr",
-                &addr,
-                "--model",
-                model_dir("classifier_single").to_str().unwrap(),
-            ])
-            .env_clear()
-            .env(
-                "BERTD_TELEMETRY__OTLP_ENDPOINT",
-                format!("http://{collector}"),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let server = Running::spawn(process::serve(&addr, &model_dir("classifier_single")).env(
+        "BERTD_TELEMETRY__OTLP_ENDPOINT",
+        format!("http://{collector}"),
+    ));
     // The client waits until the server reports SERVING.
     let out = Command::new(&python)
         .arg(root.join("tests/python/client_test.py"))
@@ -78,21 +65,12 @@ fn a_python_client_works_over_tls_with_an_api_key() {
     let ca_file = secret.path("ca.pem");
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let addr = free_addr();
-    let server = Running::spawn(
-        Command::new(env!("CARGO_BIN_EXE_bertd"))
-            .args(["serve", "--addr", &addr])
-            .arg("--model")
-            .arg(model_dir("classifier_single"))
-            .arg("--tls-cert")
-            .arg(secret.path("tls.crt"))
-            .arg("--tls-key")
-            .arg(secret.path("tls.key"))
-            .arg("--api-keys-file")
-            .arg(secret.path("keys"))
-            .env_clear()
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let server = Running::spawn(process::secured(
+        &mut process::serve(&addr, &model_dir("classifier_single")),
+        &secret.path("tls.crt"),
+        &secret.path("tls.key"),
+        &secret.path("keys"),
+    ));
     let out = Command::new(root.join(".venv/bin/python"))
         .arg(root.join("tests/python/client_test.py"))
         .args(["--addr", &addr, "--api-key", PYTHON_KEY])

@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 use common::grpc::{encode_request, input};
 use common::otlp::{Received, Receiver, Span, attributes, hex};
-use common::process::{terminate, wait_serving};
+use common::process::{self, terminate, wait_serving};
 use common::*;
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -48,12 +48,8 @@ fn traced<T>(message: T, trace: &str, parent: &str) -> Request<T> {
 
 /// `bertd serve` on `addr` with the tiny model and `env` alone as its environment.
 fn spawn_server(addr: &str, extra_args: &[&str], env: &[(&str, String)]) -> Child {
-    let model = model_dir("bert_tiny");
-    let mut args = vec!["serve", "--addr", addr, "--model", model.to_str().unwrap()];
-    args.extend_from_slice(extra_args);
-    Command::new(env!("CARGO_BIN_EXE_bertd"))
-        .args(args)
-        .env_clear()
+    process::serve(addr, &model_dir("bert_tiny"))
+        .args(extra_args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -29,6 +29,9 @@ pub fn default_engine() -> (Arc<ModelSpec>, BertTokenizer, Engine, Task) {
     (spec, tokenizer, engine, task)
 }
 
+#[path = "../../tests/common/sentences.rs"]
+mod sentences;
+
 const WORDS: &[&str] = &[
     "the",
     "model",
@@ -60,24 +63,9 @@ const WORDS: &[&str] = &[
     "stream",
 ];
 
-/// Deterministic sentences of 4 to 64 words (a linear congruential generator, fixed seed).
+/// Deterministic sentences of 4 to 64 words.
 pub fn corpus(n: usize) -> Vec<String> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as usize
-    };
-    (0..n)
-        .map(|_| {
-            let words = 4 + next() % 61;
-            (0..words)
-                .map(|_| WORDS[next() % WORDS.len()])
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .collect()
+    sentences::sentences(n, 4..=64, WORDS)
 }
 
 /// The value after `flag` on the command line, parsed.

@@ -13,6 +13,7 @@ use bertd::tokenize::BertTokenizer;
 pub mod otlp;
 pub mod process;
 pub mod scrape;
+pub mod sentences;
 pub mod tls;
 
 pub fn fixtures() -> PathBuf {
@@ -79,6 +80,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
+}
+
+/// Runs `command` to its end and fails the test, with what it printed, unless it succeeded.
+pub fn succeed(command: &mut std::process::Command) -> std::process::Output {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A loopback address with a port free now, for a server started as a child process.

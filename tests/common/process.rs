@@ -1,6 +1,7 @@
 //! The real `bertd serve` as a child process: waiting until it serves, and stopping it with
 //! SIGTERM within a bound. Shared by the tests and the benchmarks (which include this file).
-use std::process::{Child, Command, ExitStatus};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
@@ -12,6 +13,36 @@ use tonic_health::pb::health_client::HealthClient;
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a server may take to drain and exit after SIGTERM.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `bertd serve` of `model` on `addr`, with a clean environment (no stray `BERTD_*` setting) and
+/// its output discarded; callers add flags, variables or pipes before spawning it.
+pub fn serve(addr: &str, model: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bertd"));
+    command
+        .args(["serve", "--addr", addr, "--model"])
+        .arg(model)
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// The flags of a server that takes TLS with `cert` and `key` and the API keys in `api_keys`.
+#[allow(dead_code)] // The tests' (the benchmarks serve in plain text).
+pub fn secured<'a>(
+    command: &'a mut Command,
+    cert: &Path,
+    key: &Path,
+    api_keys: &Path,
+) -> &'a mut Command {
+    command
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .arg("--api-keys-file")
+        .arg(api_keys)
+}
 
 /// A channel to the server at `addr` once its health says SERVING, within `START_TIMEOUT`.
 pub async fn wait_serving(addr: &str) -> Channel {
