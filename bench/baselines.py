@@ -5,12 +5,16 @@
 - the raw `transformers` forward on length-sorted, pre-tokenized batches (PyTorch's ceiling,
   with tokenizing and pooling left out);
 - ONNX Runtime fp32 on the same sorted batches, the model exported with `torch.onnx.export`
-  (the engine behind several embedding libraries and a backend of TEI).
+  (the engine behind several embedding libraries and a backend of TEI);
+- a ceiling, not a baseline: the model's dense layers alone (`linear`, MKL's sgemm) on the corpus's
+  real tokens packed without padding. Nothing that computes the same fp32 products with the same
+  kernels can be faster: attention, normalisation, activations, embeddings, tokenizing and
+  padding all come on top.
 
 Each prints inputs/s; with --json, one JSON object. Outputs are compared to sentence-transformers'
 (cosine), so a fast wrong baseline shows.
 
-usage: baselines.py --corpus FILE --threads N [--model DIR] [--only st,torch,onnx] [--json FILE]
+usage: baselines.py --corpus FILE --threads N [--model DIR] [--only st,torch,onnx,dense] [--json FILE]
 """
 import argparse
 import json
@@ -125,13 +129,46 @@ def run_onnx(model_dir, texts, batch, max_length, threads):
     return len(texts) / (time.perf_counter() - start), out
 
 
+def run_dense_ceiling(model_dir, texts, max_length, rows=1024):
+    """The dense layers of every layer (query, key, value, attention output, intermediate,
+    output) over all of the corpus's tokens, `rows` tokens per product (the CPU token budget)."""
+    from transformers import AutoConfig, AutoTokenizer
+    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokens = sum(len(ids) for ids in
+                 tokenizer(texts, truncation=True, max_length=max_length)["input_ids"])
+    hidden, inner = config.hidden_size, config.intermediate_size
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(hidden, hidden)] * 4 + [(hidden, inner), (inner, hidden)]
+    layers = [(torch.randn(out, into, generator=generator), torch.randn(out, generator=generator))
+              for into, out in shapes]
+    chunks = [rows] * (tokens // rows) + ([tokens % rows] if tokens % rows else [])
+    inputs = {(n, width): torch.randn(n, width, generator=generator)
+              for n in set(chunks) for width in (hidden, inner)}
+
+    def one_layer(n):
+        for weight, bias in layers:
+            torch.nn.functional.linear(inputs[(n, weight.shape[1])], weight, bias)
+
+    with torch.inference_mode():
+        for n in set(chunks):
+            one_layer(n)  # warm-up
+        start = time.perf_counter()
+        for _ in range(config.num_hidden_layers):
+            for n in chunks:
+                one_layer(n)
+        elapsed = time.perf_counter() - start
+    flops = 2 * tokens * sum(into * out for into, out in shapes) * config.num_hidden_layers
+    return len(texts) / elapsed, tokens, flops / elapsed / 1e9
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--model", default=None)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--only", default="st,torch,onnx")
+    parser.add_argument("--only", default="st,torch,onnx,dense")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,6 +188,10 @@ def main():
         rate, vectors = run_onnx(model_dir, texts, args.batch, max_length, args.threads)
         results["onnx_fp32"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}
         print(f"ONNX Runtime fp32, sorted batches: {rate:.1f} inputs/s", file=sys.stderr)
+    if "dense" in wanted:
+        rate, tokens, gflops = run_dense_ceiling(model_dir, texts, max_length)
+        results["dense_ceiling"] = {"inputs_per_s": rate, "tokens": tokens, "gflop_per_s": gflops}
+        print(f"dense layers alone (ceiling): {rate:.1f} inputs/s, {gflops:.0f} GFLOP/s", file=sys.stderr)
     text = json.dumps(results, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")

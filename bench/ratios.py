@@ -32,6 +32,12 @@ def main():
         padding = f"{padding:.3f}" if padding is not None else "-"
         print(f"| bertd {run['mode']} x{run['concurrency']} (gRPC, end to end) | {rate:.1f} | "
               f"{rate / st:.2f} | {vs_onnx} | {run['latency_ms_p50']:.1f} | {run['latency_ms_p99']:.1f} | {padding} |")
+    dense = base.get("dense_ceiling")
+    if dense:
+        rate = dense["inputs_per_s"]
+        print(f"\nCeiling: the dense layers alone (sgemm, {dense['gflop_per_s']:.0f} GFLOP/s, "
+              f"{dense['tokens']} real tokens, no padding) run at {rate:.1f} inputs/s, "
+              f"{rate / st:.2f}x sentence-transformers.")
     rss = bertd.get("server_peak_rss_bytes")
     if rss:
         print(f"\nbertd's peak resident memory: {rss / 2**20:.0f} MiB")

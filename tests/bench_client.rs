@@ -156,6 +156,11 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
         let cosine = report[baseline]["min_cosine"].as_f64().unwrap();
         assert!(cosine >= 0.9999, "{baseline}: min cosine {cosine}");
     }
+    // The ceiling counts every real token of the corpus (more than one per line).
+    let ceiling = &report["dense_ceiling"];
+    assert!(ceiling["tokens"].as_u64().unwrap() > BASELINE_LINES as u64);
+    assert!(ceiling["inputs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(ceiling["gflop_per_s"].as_f64().unwrap() > 0.0);
 }
 
 /// Corpus lines of the GPU script's dry run: its checks and its throughput runs.
