@@ -155,8 +155,10 @@ struct StreamArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     window: u32,
     /// Inputs read but not yet written, at most (bounds memory, whatever the input's size).
-    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u32).range(1..))]
-    max_pending: u32,
+    /// Default: twice what every stream to the addresses known at the start carries at once
+    /// (addresses x streams x window x batch), and at least 8192.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_pending: Option<u32>,
     /// Tries after the first for a request that fails for a passing reason.
     #[arg(long, default_value_t = 8)]
     retries: u32,
@@ -377,7 +379,7 @@ async fn bulk(
         streams: streams.streams as usize,
         batch: streams.batch as usize,
         window: streams.window as usize,
-        max_pending: (streams.max_pending as usize).max(streams.batch as usize),
+        max_pending: streams.max_pending.map(|n| n as usize),
         retries: streams.retries,
         backoff: Backoff {
             base: seconds("--retry-delay", streams.retry_delay)?,

@@ -45,13 +45,29 @@ pub struct Settings {
     pub batch: usize,
     /// Requests in flight per stream.
     pub window: usize,
-    /// Items read but not yet written, at most.
-    pub max_pending: usize,
+    /// Items read but not yet written, at most; `None` for `pending_limit`'s default.
+    pub max_pending: Option<usize>,
     /// Tries after the first, per chunk, for transient failures.
     pub retries: u32,
     pub backoff: Backoff,
     /// How often server host names are resolved again.
     pub resolve_every: Duration,
+}
+
+/// The least the default pending limit is: with few streams, reordering still has room.
+pub const MIN_DEFAULT_PENDING: usize = 8192;
+
+impl Settings {
+    /// Items read but not yet written, at most, with `addresses` server addresses: the given
+    /// limit, or twice what all their streams carry at once, so that one slow chunk (which holds
+    /// back the writing of everything after it) does not leave the other streams idle. Never
+    /// below one message, or no message could be filled.
+    pub fn pending_limit(&self, addresses: usize) -> usize {
+        let limit = self.max_pending.unwrap_or_else(|| {
+            (2 * addresses * self.streams * self.window * self.batch).max(MIN_DEFAULT_PENDING)
+        });
+        limit.max(self.batch)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -245,12 +261,6 @@ pub struct Job {
 pub async fn run(job: Job) -> Result<Totals, JobError> {
     let started = Instant::now();
     let settings = job.settings.clone();
-    let permits = Arc::new(Semaphore::new(settings.max_pending));
-    let (fresh_tx, fresh_rx) =
-        async_channel::bounded(settings.max_pending.div_ceil(settings.batch));
-    let (retry_tx, retry_rx) = async_channel::bounded(settings.max_pending);
-    let (writer_tx, writer_rx) = mpsc::channel(1024);
-    let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
 
     // Every address known before anything is read: a job that cannot reach any server stops here.
     let mut addresses = Vec::new();
@@ -268,6 +278,12 @@ pub async fn run(job: Job) -> Result<Totals, JobError> {
         }
         addresses.push(addrs);
     }
+    let max_pending = settings.pending_limit(addresses.iter().map(Vec::len).sum());
+    let permits = Arc::new(Semaphore::new(max_pending));
+    let (fresh_tx, fresh_rx) = async_channel::bounded(max_pending.div_ceil(settings.batch));
+    let (retry_tx, retry_rx) = async_channel::bounded(max_pending);
+    let (writer_tx, writer_rx) = mpsc::channel(1024);
+    let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
 
     let shared = Arc::new(Shared {
         call: job.call,
@@ -366,4 +382,38 @@ fn read(
     let _ = writer.blocking_send(ToWriter::End(count));
     fresh.close();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_pending: Option<usize>) -> Settings {
+        Settings {
+            streams: 2,
+            batch: 32,
+            window: 16,
+            max_pending,
+            retries: 0,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(1),
+            },
+            resolve_every: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn the_default_pending_limit_holds_every_window_twice_and_at_least_the_floor() {
+        // One address carries 2 streams x 16 messages x 32 inputs = 1,024 inputs at once.
+        assert_eq!(settings(None).pending_limit(1), MIN_DEFAULT_PENDING);
+        assert_eq!(settings(None).pending_limit(4), MIN_DEFAULT_PENDING);
+        assert_eq!(settings(None).pending_limit(10), 2 * 10 * 1024);
+    }
+
+    #[test]
+    fn a_given_pending_limit_is_kept_but_never_below_one_message() {
+        assert_eq!(settings(Some(100)).pending_limit(10), 100);
+        assert_eq!(settings(Some(5)).pending_limit(1), 32);
+    }
 }
