@@ -61,22 +61,14 @@ enum Command {
     /// Embeddings for every input of a corpus, in input order.
     Encode {
         #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        io: JobIo,
-        #[command(flatten)]
-        streams: StreamArgs,
+        job: BulkArgs,
         #[command(flatten)]
         options: EncodeArgs,
     },
     /// Labels with scores for every input of a corpus, in input order (JSON lines out).
     Classify {
         #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        io: JobIo,
-        #[command(flatten)]
-        streams: StreamArgs,
+        job: BulkArgs,
         #[command(flatten)]
         options: ClassifyArgs,
     },
@@ -103,6 +95,17 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+}
+
+/// What every bulk job (encode, classify) takes besides its call's options.
+#[derive(Debug, Clone, Args)]
+struct BulkArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    io: JobIo,
+    #[command(flatten)]
+    streams: StreamArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -276,12 +279,7 @@ where
 
 async fn command(command: Command, resolver: Arc<dyn Resolve>) -> Result<u8, CliError> {
     match command {
-        Command::Encode {
-            server,
-            io,
-            streams,
-            options,
-        } => {
+        Command::Encode { job, options } => {
             let call = Call::Encode(pb::EncodeOptions {
                 pooling: options.pooling.map_or(pb::Pooling::Default, |p| match p {
                     Pooling::Cls => pb::Pooling::Cls,
@@ -294,14 +292,9 @@ async fn command(command: Command, resolver: Arc<dyn Resolve>) -> Result<u8, Cli
                 layer: options.layer,
                 dimensions: options.dimensions,
             });
-            bulk("encoded", call, &server, resolver, &io, &streams).await
+            bulk("encoded", call, &job, resolver).await
         }
-        Command::Classify {
-            server,
-            io,
-            streams,
-            options,
-        } => {
+        Command::Classify { job, options } => {
             let call = Call::Classify(pb::ClassifyOptions {
                 truncate: options.truncate,
                 top_k: options.top_k,
@@ -312,7 +305,7 @@ async fn command(command: Command, resolver: Arc<dyn Resolve>) -> Result<u8, Cli
                     Activation::None => pb::Activation::None,
                 } as i32,
             });
-            bulk("classified", call, &server, resolver, &io, &streams).await
+            bulk("classified", call, &job, resolver).await
         }
         Command::Tokenize {
             server,
@@ -344,11 +337,14 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, CliError> {
 async fn bulk(
     verb: &'static str,
     call: Call,
-    server: &ServerArgs,
+    job: &BulkArgs,
     resolver: Arc<dyn Resolve>,
-    io: &JobIo,
-    streams: &StreamArgs,
 ) -> Result<u8, CliError> {
+    let BulkArgs {
+        server,
+        io,
+        streams,
+    } = job;
     let format = io
         .format
         .unwrap_or_else(|| OutputFormat::detect(&io.output));
