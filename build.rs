@@ -1,19 +1,41 @@
-//! Build script: makes the binary find libtorch on its own (the gRPC contract is the `bertd-proto`
-//! crate in `proto/`).
+//! Build script: makes the binary find libtorch on its own and compiles the oneDNN shim
+//! (`src/model/onednn.cpp`) against it. The gRPC contract is the `bertd-proto` crate in `proto/`.
 use std::path::{Path, PathBuf};
 
 fn main() {
     link_libtorch();
 }
 
+/// The C++ shim for libtorch's oneDNN dense layer (`src/model/onednn.cpp`), compiled
+/// against the headers of the libtorch that torch-sys links.
+fn compile_kernels(lib_dir: &Path) {
+    const SHIM: &str = "src/model/onednn.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // libtorch 2.7 and later is built with the C++11 ABI only.
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    let include = lib_dir
+        .parent()
+        .expect("libtorch's lib dir has a parent")
+        .join("include");
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .std("c++17")
+        .include(&include)
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .warnings(false)
+        .file(SHIM)
+        .compile("bertd_kernels");
+}
+
 /// torch-sys passes the libtorch lib dir to its direct dependents (its `links` key is "tch").
 fn link_libtorch() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(lib_dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        println!("cargo:warning=DEP_TCH_LIBTORCH_LIB not set: no rpath to libtorch");
-        return;
-    };
+    let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys sets DEP_TCH_LIBTORCH_LIB to libtorch's lib dir on Linux and macOS");
     let lib_dir = PathBuf::from(lib_dir);
+    compile_kernels(&lib_dir);
     // The default linker flag --as-needed drops libtorch_cuda.so, because no symbol of it is used
     // directly; CUDA then silently reports unavailable. Keep it whenever this libtorch has CUDA.
     // rustc-link-arg (not RUSTFLAGS) so that build scripts are not linked against it too.

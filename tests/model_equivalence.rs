@@ -1,11 +1,12 @@
 //! The engine computes what HuggingFace transformers and sentence-transformers compute: every
 //! output of the tiny fixture models within 1e-5 of the references that
-//! tests/fixtures/generate.py recorded, and the real all-MiniLM-L6-v2 at cosine >= 0.99999.
+//! tests/fixtures/generate.py recorded, and the real all-MiniLM-L6-v2 at cosine >= 0.99999, with
+//! either dense kernel (oneDNN, the CPU default, and libtorch's `linear`).
 mod common;
 
 use bertd::config::default_model_dir;
 use bertd::engine::{ClassifyOptions, EmbedOptions, Engine, EngineInput, Output, Task};
-use bertd::model::{Pooling, ScoreActivation};
+use bertd::model::{LinearKernel, Pooling, ScoreActivation};
 use bertd::tokenize::{BertTokenizer, TextInput, TokenizeError, Tokenized};
 use common::*;
 use serde_json::Value;
@@ -107,9 +108,15 @@ fn over_long_input_is_refused_when_truncation_is_off() {
 }
 
 #[test]
-fn bert_model_outputs_equal_transformers_in_one_padded_batch() {
+fn bert_model_outputs_equal_transformers_in_one_padded_batch_with_either_dense_kernel() {
+    for kernel in cpu_kernels() {
+        bert_tiny_equals_transformers(kernel);
+    }
+}
+
+fn bert_tiny_equals_transformers(kernel: LinearKernel) {
     let refs = references("bert_tiny");
-    let (tokenizer, engine) = load(&model_dir("bert_tiny"));
+    let (tokenizer, engine) = load_with(&model_dir("bert_tiny"), kernel);
     let tokens = tokenize_all(&tokenizer, &refs);
     let last = 3;
     let cases: [(&str, Task); 7] = [
@@ -128,7 +135,7 @@ fn bert_model_outputs_equal_transformers_in_one_padded_batch() {
         let outputs = run_batch(&engine, &tokens, task);
         for (r, out) in refs.iter().zip(&outputs) {
             assert_close(
-                &format!("{key} of {:?}", r["text"]),
+                &format!("{kernel:?}: {key} of {:?}", r["text"]),
                 embedding(out),
                 &floats(&r[key]),
             );
@@ -141,7 +148,7 @@ fn bert_model_outputs_equal_transformers_in_one_padded_batch() {
         };
         assert_eq!(*dim, 32);
         assert_close(
-            &format!("tokens of {:?}", r["text"]),
+            &format!("{kernel:?}: tokens of {:?}", r["text"]),
             values,
             &flat_floats(&r["token_embeddings"]),
         );
@@ -210,8 +217,14 @@ fn scores_by_index(output: &Output, labels: usize) -> Vec<f32> {
 
 #[test]
 fn single_label_classifier_equals_transformers_with_softmax_by_default() {
+    for kernel in cpu_kernels() {
+        single_label_classifier_equals_transformers(kernel);
+    }
+}
+
+fn single_label_classifier_equals_transformers(kernel: LinearKernel) {
     let refs = references("classifier_single");
-    let (tokenizer, engine) = load(&model_dir("classifier_single"));
+    let (tokenizer, engine) = load_with(&model_dir("classifier_single"), kernel);
     let spec = engine.model().spec();
     let classifier = spec.classifier.as_ref().unwrap();
     assert_eq!(classifier.labels, ["negative", "neutral", "positive"]);
@@ -227,7 +240,8 @@ fn single_label_classifier_equals_transformers_with_softmax_by_default() {
             top_k: None,
         });
         for (r, out) in refs.iter().zip(run_batch(&engine, &tokens, task)) {
-            assert_close(key, &scores_by_index(&out, 3), &floats(&r[key]));
+            let what = format!("{kernel:?}: {key}");
+            assert_close(&what, &scores_by_index(&out, 3), &floats(&r[key]));
         }
     }
 }
@@ -254,8 +268,14 @@ fn top_k_keeps_the_best_labels_with_their_names() {
 
 #[test]
 fn multi_label_classifier_uses_sigmoid_from_problem_type() {
+    for kernel in cpu_kernels() {
+        multi_label_classifier_equals_transformers(kernel);
+    }
+}
+
+fn multi_label_classifier_equals_transformers(kernel: LinearKernel) {
     let refs = references("classifier_multi");
-    let (tokenizer, engine) = load(&model_dir("classifier_multi"));
+    let (tokenizer, engine) = load_with(&model_dir("classifier_multi"), kernel);
     let classifier = engine.model().spec().classifier.clone().unwrap();
     assert_eq!(classifier.activation, ScoreActivation::Sigmoid);
     assert_eq!(classifier.labels, ["sports", "politics", "science", "art"]);
@@ -265,7 +285,8 @@ fn multi_label_classifier_uses_sigmoid_from_problem_type() {
         top_k: None,
     });
     for (r, out) in refs.iter().zip(run_batch(&engine, &tokens, task)) {
-        assert_close("sigmoid", &scores_by_index(&out, 4), &floats(&r["sigmoid"]));
+        let what = format!("{kernel:?}: sigmoid");
+        assert_close(&what, &scores_by_index(&out, 4), &floats(&r["sigmoid"]));
     }
 }
 
@@ -320,7 +341,13 @@ fn classify_on_an_encoder_without_head_is_refused_per_input() {
 }
 
 #[test]
-fn all_minilm_l6_v2_equals_sentence_transformers() {
+fn all_minilm_l6_v2_equals_sentence_transformers_with_either_dense_kernel() {
+    for kernel in cpu_kernels() {
+        all_minilm_l6_v2_equals_sentence_transformers(kernel);
+    }
+}
+
+fn all_minilm_l6_v2_equals_sentence_transformers(kernel: LinearKernel) {
     let refs = references("all_minilm_l6_v2");
     assert!(refs.len() >= 50);
     let dir = default_model_dir();
@@ -329,7 +356,7 @@ fn all_minilm_l6_v2_equals_sentence_transformers() {
         "the default model is installed by make setup: {}",
         dir.display()
     );
-    let (tokenizer, engine) = load(&dir);
+    let (tokenizer, engine) = load_with(&dir, kernel);
     let spec = engine.model().spec();
     let task = embed(
         spec.default_pooling,
@@ -349,7 +376,7 @@ fn all_minilm_l6_v2_equals_sentence_transformers() {
         let (tokens, refs) = chunk;
         for (r, out) in refs.iter().zip(run_batch(&engine, tokens, task)) {
             let c = cosine(embedding(&out), &floats(&r["embedding"]));
-            assert!(c >= 0.99999, "cosine {c} for {:?}", r["text"]);
+            assert!(c >= 0.99999, "{kernel:?}: cosine {c} for {:?}", r["text"]);
         }
     }
 }
@@ -371,7 +398,13 @@ fn bf16_on_a_cpu_that_has_it_equals_fp32_within_the_bound_and_is_refused_elsewhe
     let (tokenizer, fp32) = load(&default_model_dir());
     let spec = fp32.model().spec();
     let bf16 = Engine::new(
-        Model::load(Arc::new(spec.clone()), tch::Device::Cpu, DType::Bf16.kind()).unwrap(),
+        Model::load(
+            Arc::new(spec.clone()),
+            tch::Device::Cpu,
+            DType::Bf16.kind(),
+            cpu_kernel(),
+        )
+        .unwrap(),
     );
     let task = embed(
         spec.default_pooling,

@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::sync::Arc;
 
-use bertd::model::{Model, ModelError, ModelSpec};
+use bertd::model::{LinearKernel, Model, ModelError, ModelSpec};
 use bertd::tokenize::BertTokenizer;
 use common::*;
 use tch::{Device, Kind, Tensor};
@@ -14,7 +14,7 @@ fn load_error(dir: &Path) -> String {
     let result = ModelSpec::load(dir).and_then(|spec| {
         let spec = Arc::new(spec);
         BertTokenizer::load(&spec)?;
-        Model::load(spec, Device::Cpu, Kind::Float)
+        Model::load(spec, Device::Cpu, Kind::Float, cpu_kernel())
     });
     match result {
         Ok(_) => panic!("{} loaded, but should have been refused", dir.display()),
@@ -200,7 +200,20 @@ fn bert_prefixed_checkpoint_keys_load_for_a_classifier() {
             .collect();
     assert!(names.iter().any(|n| n.starts_with("bert.encoder.")));
     let spec = Arc::new(ModelSpec::load(&model_dir("classifier_single")).unwrap());
-    Model::load(spec, Device::Cpu, Kind::Float)
+    Model::load(spec, Device::Cpu, Kind::Float, cpu_kernel())
         .map_err(|e: ModelError| e.to_string())
         .unwrap();
+}
+
+#[test]
+fn the_onednn_dense_kernel_is_refused_off_the_cpu() {
+    let spec = Arc::new(ModelSpec::load(&model_dir("bert_tiny")).unwrap());
+    let err = Model::load(spec, Device::Cuda(0), Kind::Float, LinearKernel::OneDnn)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("device cuda:0: the oneDNN dense kernel runs only on a CPU"),
+        "{err}"
+    );
 }

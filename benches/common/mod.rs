@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use bertd::config::default_model_dir;
-use bertd::engine::{EmbedOptions, Engine, Task};
+use bertd::engine::{DenseKernel, DeviceSpec, EmbedOptions, Engine, Task};
 use bertd::model::{Model, ModelSpec};
 use bertd::tokenize::BertTokenizer;
 use std::time::{Duration, Instant};
@@ -19,7 +19,8 @@ pub fn default_engine() -> (Arc<ModelSpec>, BertTokenizer, Engine, Task) {
     let spec =
         Arc::new(ModelSpec::load(&default_model_dir()).expect("the default model (make setup)"));
     let tokenizer = BertTokenizer::load(&spec).unwrap();
-    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float).unwrap());
+    let kernel = DenseKernel::Auto.resolve(DeviceSpec(Device::Cpu)).unwrap();
+    let engine = Engine::new(Model::load(spec.clone(), Device::Cpu, Kind::Float, kernel).unwrap());
     let task = Task::Embed(EmbedOptions {
         pooling: spec.default_pooling,
         normalize: spec.default_normalize,

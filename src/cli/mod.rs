@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use bertd::config::default_model_dir;
 use bertd::engine::options::{ClassifyRequest, EmbedRequest, OptionError};
-use bertd::engine::{DType, DeviceSpec, Engine, EngineInput, Output, Task};
+use bertd::engine::{DType, DenseKernel, DeviceSpec, Engine, EngineInput, Output, Task};
 use bertd::model::{Model, ModelSpec, Pooling, ScoreActivation};
 use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
 
@@ -31,6 +31,9 @@ pub struct ModelArgs {
     /// Precision: fp16 needs CUDA; bf16 needs CUDA or a CPU with AVX512-BF16 or AMX.
     #[arg(long, value_enum, default_value_t = DType::F32)]
     dtype: DType,
+    /// What computes the dense layers: auto is oneDNN on a CPU, libtorch's linear on CUDA.
+    #[arg(long, value_enum, default_value_t = DenseKernel::Auto)]
+    dense_kernel: DenseKernel,
     /// Intra-op threads for libtorch (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
@@ -94,7 +97,12 @@ fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     }
     let spec = Arc::new(ModelSpec::load(&dir).context("loading the model")?);
     let tokenizer = BertTokenizer::load(&spec).context("loading the tokenizer")?;
-    let model = Model::load(spec, args.device.0, args.dtype.kind()).context("loading the model")?;
+    let kernel = args
+        .dense_kernel
+        .resolve(args.device)
+        .map_err(anyhow::Error::msg)?;
+    let model =
+        Model::load(spec, args.device.0, args.dtype.kind(), kernel).context("loading the model")?;
     Ok(Loaded {
         tokenizer,
         engine: Engine::new(model),

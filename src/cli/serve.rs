@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use bertd::config::{LogFormat, Overrides, Settings};
-use bertd::engine::{DType, DeviceSpec};
+use bertd::engine::{DType, DenseKernel, DeviceSpec};
 use bertd::{server, telemetry};
 
 /// Flags override the config file and the environment; every other setting is in the file
@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Precision (engine.dtype): fp16 needs CUDA; bf16 needs CUDA or a CPU with AVX512-BF16 or AMX.
     #[arg(long, value_enum)]
     dtype: Option<DType>,
+    /// What computes the dense layers (engine.dense_kernel): auto is oneDNN on a CPU, libtorch's
+    /// linear on CUDA.
+    #[arg(long, value_enum)]
+    dense_kernel: Option<DenseKernel>,
     /// libtorch CPU threads, split between CPU workers; 0: all cores (engine.cpu_threads).
     #[arg(long)]
     cpu_threads: Option<usize>,
@@ -89,6 +93,10 @@ impl ServeArgs {
             self.workers_per_device.map(|v| (v as u64).into()),
         );
         set("engine.dtype", self.dtype.map(|d| d.to_string().into()));
+        set(
+            "engine.dense_kernel",
+            self.dense_kernel.map(|k| k.to_string().into()),
+        );
         set(
             "engine.cpu_threads",
             self.cpu_threads.map(|v| (v as u64).into()),
@@ -169,6 +177,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         model = %settings.model.dir.display(),
         devices = ?settings.engine.devices,
         dtype = %settings.engine.dtype,
+        dense_kernel = %settings.engine.dense_kernel,
         traces = telemetry.exports_traces(),
         metrics = ?settings.telemetry.metrics_addr,
         "starting"

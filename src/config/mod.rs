@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{DType, DeviceSpec};
+use crate::engine::{DType, DenseKernel, DeviceSpec};
 
 pub mod security;
 pub use security::{AuthSettings, KeyLimits, ReflectionAccess, TlsSettings};
@@ -220,6 +220,9 @@ pub struct EngineSettings {
     pub workers_per_device: usize,
     /// fp32; fp16 on CUDA; bf16 on CUDA or a CPU with AVX512-BF16 or AMX.
     pub dtype: DType,
+    /// What computes the dense layers: auto (oneDNN on a CPU, libtorch's `linear` on CUDA),
+    /// onednn or aten.
+    pub dense_kernel: DenseKernel,
     /// CPU threads for libtorch, split between CPU workers; 0 means all cores.
     pub cpu_threads: usize,
     /// First wait before a failed worker is started again; it doubles on each failure in a row.
@@ -234,6 +237,7 @@ impl Default for EngineSettings {
             devices: vec![DeviceSpec(tch::Device::Cpu)],
             workers_per_device: 1,
             dtype: DType::F32,
+            dense_kernel: DenseKernel::Auto,
             cpu_threads: 0,
             restart_backoff_ms: 100,
             max_restart_backoff_ms: 10_000,
@@ -416,6 +420,10 @@ impl Settings {
                 .dtype
                 .check_device(*device)
                 .map_err(|e| invalid("engine.dtype", e))?;
+            self.engine
+                .dense_kernel
+                .resolve(*device)
+                .map_err(|e| invalid("engine.dense_kernel", e))?;
         }
         let positive = [
             ("server.max_message_bytes", self.server.max_message_bytes),
@@ -660,6 +668,14 @@ mod tests {
         let cases: Vec<(&str, Edit)> = vec![
             ("engine.devices", Box::new(|s| s.engine.devices.clear())),
             ("engine.dtype", Box::new(|s| s.engine.dtype = DType::F16)),
+            (
+                "engine.dense_kernel",
+                Box::new(|s| {
+                    s.engine.devices = vec!["cuda:0".parse().unwrap()];
+                    s.engine.dtype = DType::F32;
+                    s.engine.dense_kernel = DenseKernel::Onednn;
+                }),
+            ),
             (
                 "batching.stream_share",
                 Box::new(|s| s.batching.stream_share = 1.5),

@@ -4,6 +4,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tch::{Device, Kind};
 
+use crate::model::LinearKernel;
+
 /// A device as written in configuration: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`. Parsed once,
 /// where configuration and flags are read; serialized back in the same words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +101,48 @@ impl DType {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// What computes the dense layers, as configured (`engine.dense_kernel`); resolved per device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DenseKernel {
+    /// oneDNN on a CPU whose libtorch has it (measured faster than MKL's sgemm: BENCHMARKS.md),
+    /// libtorch's `linear` everywhere else.
+    #[default]
+    Auto,
+    /// oneDNN with weights packed at load and the activation fused; CPU only.
+    Onednn,
+    /// libtorch's `linear`: MKL's sgemm on a CPU, cuBLAS on CUDA.
+    Aten,
+}
+
+impl DenseKernel {
+    pub fn resolve(self, device: DeviceSpec) -> Result<LinearKernel, String> {
+        let onednn = device.0 == Device::Cpu && LinearKernel::onednn_available();
+        match self {
+            DenseKernel::Auto if onednn => Ok(LinearKernel::OneDnn),
+            DenseKernel::Auto | DenseKernel::Aten => Ok(LinearKernel::Aten),
+            DenseKernel::Onednn if onednn => Ok(LinearKernel::OneDnn),
+            DenseKernel::Onednn if device.0 != Device::Cpu => Err(format!(
+                "dense kernel onednn runs on cpu, not {device}; use auto or aten"
+            )),
+            DenseKernel::Onednn => Err(
+                "dense kernel onednn: this libtorch has no oneDNN operators; use auto or aten"
+                    .into(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for DenseKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DenseKernel::Auto => "auto",
+            DenseKernel::Onednn => "onednn",
+            DenseKernel::Aten => "aten",
+        })
     }
 }
 
@@ -203,5 +247,23 @@ mod tests {
         } else {
             assert!(DeviceSpec(Device::Cuda(0)).check_available().is_ok());
         }
+    }
+
+    #[test]
+    fn the_dense_kernel_is_onednn_on_a_cpu_by_default_and_libtorchs_linear_on_cuda() {
+        let cpu = DeviceSpec(Device::Cpu);
+        let cuda = DeviceSpec(Device::Cuda(0));
+        // x86 builds of libtorch, the ones this project installs, register oneDNN's operators.
+        assert!(LinearKernel::onednn_available());
+        assert_eq!(DenseKernel::Auto.resolve(cpu), Ok(LinearKernel::OneDnn));
+        assert_eq!(DenseKernel::Onednn.resolve(cpu), Ok(LinearKernel::OneDnn));
+        assert_eq!(DenseKernel::Aten.resolve(cpu), Ok(LinearKernel::Aten));
+        assert_eq!(DenseKernel::Auto.resolve(cuda), Ok(LinearKernel::Aten));
+        assert_eq!(DenseKernel::Aten.resolve(cuda), Ok(LinearKernel::Aten));
+        let refused = DenseKernel::Onednn.resolve(cuda).unwrap_err();
+        assert!(refused.contains("runs on cpu, not cuda:0"), "{refused}");
+        let parsed: DenseKernel = serde_json::from_str("\"onednn\"").unwrap();
+        assert_eq!(parsed, DenseKernel::Onednn);
+        assert_eq!(DenseKernel::Aten.to_string(), "aten");
     }
 }

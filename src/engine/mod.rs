@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tch::{Device, Kind, Tensor};
 
-pub use device::{DType, DeviceSpec, cpu_has_amx_bf16, cpu_has_bf16};
+pub use device::{DType, DenseKernel, DeviceSpec, cpu_has_amx_bf16, cpu_has_bf16};
 
 use crate::model::bert::HiddenStates;
 use crate::model::heads::{l2_normalize, pool as pool_hidden};

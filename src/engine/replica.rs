@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tch::Device;
 
-use super::{DType, DeviceSpec, EmbedOptions, Engine, EngineInput, Task, cpu_has_amx_bf16};
+use super::{
+    DType, DenseKernel, DeviceSpec, EmbedOptions, Engine, EngineInput, Task, cpu_has_amx_bf16,
+};
 use crate::model::{Model, ModelError, ModelSpec};
 use crate::tokenize::Tokenized;
 
@@ -16,6 +18,7 @@ pub struct ReplicaPlan {
     pub devices: Vec<DeviceSpec>,
     pub workers_per_device: usize,
     pub dtype: DType,
+    pub dense_kernel: DenseKernel,
     /// CPU threads for libtorch, split evenly between CPU workers; 0: all cores.
     pub cpu_threads: usize,
     /// Inputs in the warm-up batch.
@@ -69,12 +72,20 @@ impl ReplicaPlan {
                 "bf16 on a CPU with AVX512-BF16 but no AMX ran at about 0.6x fp32's throughput when measured (BENCHMARKS.md); fp32 is likely faster here"
             );
         }
-        let engine = Engine::new(Model::load(self.spec.clone(), device.0, self.dtype.kind())?);
+        let kernel = self
+            .dense_kernel
+            .resolve(device)
+            .map_err(|reason| ModelError::Device {
+                device: device.to_string(),
+                reason,
+            })?;
+        let model = Model::load(self.spec.clone(), device.0, self.dtype.kind(), kernel)?;
+        let engine = Engine::new(model);
         warm_up(&engine, self.warm_up_batch).map_err(|e| ModelError::Device {
             device: device.to_string(),
             reason: format!("warm-up failed: {e}"),
         })?;
-        tracing::info!(worker = index, %device, threads, "replica ready");
+        tracing::info!(worker = index, %device, threads, ?kernel, "replica ready");
         Ok(engine)
     }
 }

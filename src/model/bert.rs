@@ -1,24 +1,55 @@
 //! The BERT encoder. One struct per checkpoint module, each loaded from its key prefix.
 use tch::Tensor;
 
+use super::LinearKernel;
 use super::config::{BertConfig, HiddenAct};
+use super::onednn::{self, Fused};
 use super::weights::Scope;
+
+/// The row count oneDNN packs weights for: the CPU's default token budget. The packed layout
+/// serves products of any row count; this only tunes its blocking.
+const PACK_ROWS: i64 = 1024;
 
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    /// The weight in oneDNN's layout when the layer computes through oneDNN.
+    packed: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn load(scope: &Scope, in_dim: i64, out_dim: i64) -> Self {
+    pub fn load(scope: &Scope, in_dim: i64, out_dim: i64, kernel: LinearKernel) -> Self {
+        let weight = scope.get("weight", &[out_dim, in_dim]);
+        let packed = match kernel {
+            LinearKernel::Aten => None,
+            LinearKernel::OneDnn => Some(
+                onednn::pack(&weight, PACK_ROWS)
+                    .unwrap_or_else(|e| panic!("packing {} for oneDNN: {e}", scope.name("weight"))),
+            ),
+        };
         Linear {
-            weight: scope.get("weight", &[out_dim, in_dim]),
+            weight,
             bias: scope.get("bias", &[out_dim]),
+            packed,
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+        self.forward_fused(x, Fused::Nothing)
+    }
+
+    /// `activation(x · weightᵀ + bias)`, in one kernel where the layer computes through oneDNN.
+    fn forward_fused(&self, x: &Tensor, activation: Fused) -> Tensor {
+        if let Some(packed) = &self.packed {
+            return onednn::linear(x, packed, &self.bias, activation);
+        }
+        let y = x.linear(&self.weight, Some(&self.bias));
+        match activation {
+            Fused::Nothing => y,
+            Fused::Gelu => y.gelu("none"),
+            Fused::GeluTanh => y.gelu("tanh"),
+            Fused::Relu => y.relu(),
+        }
     }
 }
 
@@ -94,12 +125,12 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(scope: &Scope, c: &BertConfig) -> Self {
+    fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel) -> Self {
         let h = c.hidden_size;
         SelfAttention {
-            query: Linear::load(&scope.sub("query"), h, h),
-            key: Linear::load(&scope.sub("key"), h, h),
-            value: Linear::load(&scope.sub("value"), h, h),
+            query: Linear::load(&scope.sub("query"), h, h, kernel),
+            key: Linear::load(&scope.sub("key"), h, h, kernel),
+            value: Linear::load(&scope.sub("value"), h, h, kernel),
             num_heads: c.num_attention_heads,
             head_dim: h / c.num_attention_heads,
         }
@@ -140,11 +171,11 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(scope: &Scope, c: &BertConfig) -> Self {
+    fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel) -> Self {
         let output = scope.sub("output");
         Attention {
-            self_attention: SelfAttention::load(&scope.sub("self"), c),
-            output_dense: Linear::load(&output.sub("dense"), c.hidden_size, c.hidden_size),
+            self_attention: SelfAttention::load(&scope.sub("self"), c, kernel),
+            output_dense: Linear::load(&output.sub("dense"), c.hidden_size, c.hidden_size, kernel),
             output_norm: LayerNorm::load(&output.sub("LayerNorm"), c.hidden_size, c.layer_norm_eps),
         }
     }
@@ -160,35 +191,40 @@ impl Attention {
 struct Layer {
     attention: Attention,
     intermediate: Linear,
-    activation: HiddenAct,
+    activation: Fused,
     output_dense: Linear,
     output_norm: LayerNorm,
 }
 
 impl Layer {
-    fn load(scope: &Scope, c: &BertConfig, activation: HiddenAct) -> Self {
+    fn load(scope: &Scope, c: &BertConfig, activation: HiddenAct, kernel: LinearKernel) -> Self {
         let output = scope.sub("output");
         Layer {
-            attention: Attention::load(&scope.sub("attention"), c),
+            attention: Attention::load(&scope.sub("attention"), c, kernel),
             intermediate: Linear::load(
                 &scope.sub("intermediate").sub("dense"),
                 c.hidden_size,
                 c.intermediate_size,
+                kernel,
             ),
-            activation,
-            output_dense: Linear::load(&output.sub("dense"), c.intermediate_size, c.hidden_size),
+            activation: match activation {
+                HiddenAct::Gelu => Fused::Gelu,
+                HiddenAct::GeluTanh => Fused::GeluTanh,
+                HiddenAct::Relu => Fused::Relu,
+            },
+            output_dense: Linear::load(
+                &output.sub("dense"),
+                c.intermediate_size,
+                c.hidden_size,
+                kernel,
+            ),
             output_norm: LayerNorm::load(&output.sub("LayerNorm"), c.hidden_size, c.layer_norm_eps),
         }
     }
 
     fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
         let attended = self.attention.forward(x, key_mask);
-        let inner = self.intermediate.forward(&attended);
-        let inner = match self.activation {
-            HiddenAct::Gelu => inner.gelu("none"),
-            HiddenAct::GeluTanh => inner.gelu("tanh"),
-            HiddenAct::Relu => inner.relu(),
-        };
+        let inner = self.intermediate.forward_fused(&attended, self.activation);
         self.output_norm
             .forward(&(self.output_dense.forward(&inner) + attended))
     }
@@ -200,9 +236,9 @@ pub struct Pooler {
 }
 
 impl Pooler {
-    fn load(scope: &Scope, c: &BertConfig) -> Self {
+    fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel) -> Self {
         Pooler {
-            dense: Linear::load(&scope.sub("dense"), c.hidden_size, c.hidden_size),
+            dense: Linear::load(&scope.sub("dense"), c.hidden_size, c.hidden_size, kernel),
         }
     }
 
@@ -232,17 +268,17 @@ pub struct BertModel {
 }
 
 impl BertModel {
-    pub fn load(scope: &Scope, c: &BertConfig) -> Self {
+    pub fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel) -> Self {
         let activation = c.activation().expect("validated with the config");
         let encoder = scope.sub("encoder").sub("layer");
         BertModel {
             embeddings: Embeddings::load(&scope.sub("embeddings"), c),
             layers: (0..c.num_hidden_layers)
-                .map(|i| Layer::load(&encoder.sub(i), c, activation))
+                .map(|i| Layer::load(&encoder.sub(i), c, activation, kernel))
                 .collect(),
             pooler: scope
                 .contains("pooler.dense.weight")
-                .then(|| Pooler::load(&scope.sub("pooler"), c)),
+                .then(|| Pooler::load(&scope.sub("pooler"), c, kernel)),
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod config;
 pub mod heads;
+mod onednn;
 pub mod spec;
 pub mod weights;
 
@@ -16,6 +17,23 @@ pub use config::BertConfig;
 pub use heads::{Pooling, ScoreActivation};
 pub use spec::{ClassifierSpec, ModelSpec};
 use weights::Weights;
+
+/// What computes the dense layers (the products that are 70-75% of a CPU forward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// libtorch's `linear`: MKL's sgemm on a CPU, cuBLAS on CUDA.
+    Aten,
+    /// libtorch's oneDNN inner product with each weight packed once at load and the
+    /// feed-forward activation fused into its product. CPU only.
+    OneDnn,
+}
+
+impl LinearKernel {
+    /// Whether this libtorch has the oneDNN operators `OneDnn` calls.
+    pub fn onednn_available() -> bool {
+        onednn::available()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -74,15 +92,32 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn load(spec: Arc<ModelSpec>, device: Device, kind: Kind) -> Result<Self, ModelError> {
+    /// `kernel` must be `Aten` on a CUDA device; the engine's `DenseKernel` resolves it so.
+    pub fn load(
+        spec: Arc<ModelSpec>,
+        device: Device,
+        kind: Kind,
+        kernel: LinearKernel,
+    ) -> Result<Self, ModelError> {
+        if kernel == LinearKernel::OneDnn && (device != Device::Cpu || !onednn::available()) {
+            return Err(ModelError::Device {
+                device: match device {
+                    Device::Cuda(n) => format!("cuda:{n}"),
+                    _ => "cpu".into(),
+                },
+                reason: "the oneDNN dense kernel runs only on a CPU whose libtorch has oneDNN"
+                    .into(),
+            });
+        }
         let weights = Weights::load(&spec.dir, device, kind)?;
         let config = &spec.config;
-        let bert = BertModel::load(&weights.encoder(), config);
+        let bert = BertModel::load(&weights.encoder(), config, kernel);
         let classifier = spec.classifier.as_ref().map(|c| {
             Linear::load(
                 &weights.root().sub("classifier"),
                 config.hidden_size,
                 c.labels.len() as i64,
+                kernel,
             )
         });
         weights.finish()?;

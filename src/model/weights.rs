@@ -178,22 +178,26 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// The checkpoint's full name for the tensor `name` in this scope.
+    pub fn name(&self, name: &str) -> String {
+        format!("{}{}", self.prefix, name)
+    }
+
     /// The tensor `name` with the given shape; a missing or misshapen one is recorded for
     /// `Weights::finish` and stands in as zeros meanwhile.
     pub fn get(&self, name: &str, shape: &[i64]) -> Tensor {
-        self.weights
-            .fetch(&format!("{}{}", self.prefix, name), shape)
+        self.weights.fetch(&self.name(name), shape)
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.weights.contains(&format!("{}{}", self.prefix, name))
+        self.weights.contains(&self.name(name))
     }
 
     /// The leading dimension of `name` if present (the size a head was trained with).
     pub fn rows_of(&self, name: &str) -> Option<i64> {
         self.weights
             .tensors
-            .get(&format!("{}{}", self.prefix, name))
+            .get(&self.name(name))
             .and_then(|t| t.size().first().copied())
     }
 }

@@ -304,6 +304,7 @@ pub async fn run(
         devices: settings.engine.devices.clone(),
         workers_per_device: settings.engine.workers_per_device,
         dtype: settings.engine.dtype,
+        dense_kernel: settings.engine.dense_kernel,
         cpu_threads: settings.engine.cpu_threads,
         warm_up_batch: settings.max_batch_size(),
     };

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tch::{Device, Kind};
 
-use bertd::engine::Engine;
-use bertd::model::{Model, ModelSpec};
+use bertd::engine::{DenseKernel, DeviceSpec, Engine};
+use bertd::model::{LinearKernel, Model, ModelSpec};
 use bertd::tokenize::BertTokenizer;
 
 pub mod otlp;
@@ -30,10 +30,29 @@ pub fn references(name: &str) -> Vec<Value> {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The dense kernel a server picks on this CPU by default (oneDNN where libtorch has it).
+pub fn cpu_kernel() -> LinearKernel {
+    DenseKernel::Auto.resolve(DeviceSpec(Device::Cpu)).unwrap()
+}
+
+/// Both dense kernels this CPU can run, the default first: parity holds for each.
+pub fn cpu_kernels() -> Vec<LinearKernel> {
+    let mut kernels = vec![cpu_kernel()];
+    if !kernels.contains(&LinearKernel::Aten) {
+        kernels.push(LinearKernel::Aten);
+    }
+    kernels
+}
+
+/// fp32 on the CPU with the default dense kernel.
 pub fn load(dir: &Path) -> (BertTokenizer, Engine) {
+    load_with(dir, cpu_kernel())
+}
+
+pub fn load_with(dir: &Path, kernel: LinearKernel) -> (BertTokenizer, Engine) {
     let spec = Arc::new(ModelSpec::load(dir).unwrap());
     let tokenizer = BertTokenizer::load(&spec).unwrap();
-    let model = Model::load(spec, Device::Cpu, Kind::Float).unwrap();
+    let model = Model::load(spec, Device::Cpu, Kind::Float, kernel).unwrap();
     (tokenizer, Engine::new(model))
 }
 

@@ -1,0 +1,108 @@
+//! libtorch's oneDNN dense layer with its weight packed once at load (`onednn.cpp` reaches the
+//! two operators, which tch does not bind).
+//!
+//! Why: on a CPU `linear` is MKL's sgemm, which packs the weight into its own blocked layout on
+//! every call (8% of the forward in a profile); oneDNN takes a weight packed once and keeps the
+//! activations in the plain row-major layout, so no conversion is paid per layer, and it applies
+//! the feed-forward activation (GELU) inside the product instead of in a pass of its own.
+//! BENCHMARKS.md has the measurement that made this the CPU default.
+//!
+//! Invariant: a packed weight is used only with the `OneDnn` functions here, and only on the CPU.
+use std::ffi::{CStr, c_char, c_int};
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+unsafe extern "C" {
+    fn bertd_onednn_available() -> c_int;
+    fn bertd_onednn_pack(
+        weight: *const C_tensor,
+        rows: i64,
+        error: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    fn bertd_onednn_linear(
+        input: *const C_tensor,
+        packed: *const C_tensor,
+        bias: *const C_tensor,
+        attr: *const c_char,
+        algorithm: *const c_char,
+        error: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    fn bertd_free_error(error: *mut c_char);
+}
+
+/// Whether this libtorch has the oneDNN operators (x86 builds do; some ARM builds do not).
+pub fn available() -> bool {
+    // SAFETY: looks two names up in libtorch's operator registry; no arguments.
+    unsafe { bertd_onednn_available() != 0 }
+}
+
+/// What the product's output goes through inside the same kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    Nothing,
+    /// GELU, the exact (erf) form.
+    Gelu,
+    /// GELU, the tanh approximation.
+    GeluTanh,
+    Relu,
+}
+
+impl Fused {
+    /// oneDNN's post-op name and algorithm, as `mkldnn::_linear_pointwise` spells them.
+    fn attr(self) -> (&'static CStr, &'static CStr) {
+        match self {
+            Fused::Nothing => (c"none", c""),
+            Fused::Gelu => (c"gelu", c"none"),
+            Fused::GeluTanh => (c"gelu", c"tanh"),
+            Fused::Relu => (c"relu", c""),
+        }
+    }
+}
+
+/// `weight` [out, in] in oneDNN's blocked layout, chosen for products of about `rows` rows.
+pub fn pack(weight: &Tensor, rows: i64) -> Result<Tensor, String> {
+    // SAFETY: `weight` outlives the call; the shim returns a new owned tensor or an error.
+    returned(|error| unsafe { bertd_onednn_pack(weight.as_ptr(), rows, error) })
+}
+
+/// `fused(input · weightᵀ + bias)` with `packed` from [`pack`]; `input` is [.., in].
+pub fn linear(input: &Tensor, packed: &Tensor, bias: &Tensor, fused: Fused) -> Tensor {
+    let (attr, algorithm) = fused.attr();
+    // SAFETY: the tensors outlive the call; the strings are static and nul-terminated.
+    returned(|error| unsafe {
+        bertd_onednn_linear(
+            input.as_ptr(),
+            packed.as_ptr(),
+            bias.as_ptr(),
+            attr.as_ptr(),
+            algorithm.as_ptr(),
+            error,
+        )
+    })
+    // A libtorch error here is a bug or an exhausted machine, as with tch's own operators: the
+    // engine turns the panic into a failed batch.
+    .unwrap_or_else(|message| panic!("oneDNN linear: {message}"))
+}
+
+/// Takes ownership of what a shim call returned: a tensor, or the message of the C++ exception.
+fn returned(call: impl FnOnce(*mut *mut c_char) -> *mut C_tensor) -> Result<Tensor, String> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    let tensor = call(&mut error);
+    if tensor.is_null() {
+        // SAFETY: on failure the shim sets `error` to a malloc'd C string (or leaves it null
+        // when even that allocation failed); it is freed once, here.
+        let message = unsafe {
+            if error.is_null() {
+                "out of memory".to_string()
+            } else {
+                let text = CStr::from_ptr(error).to_string_lossy().into_owned();
+                bertd_free_error(error);
+                text
+            }
+        };
+        return Err(message);
+    }
+    // SAFETY: a non-null result is a heap-allocated `at::Tensor` that nothing else owns.
+    Ok(unsafe { Tensor::from_ptr(tensor) })
+}
