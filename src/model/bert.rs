@@ -10,19 +10,25 @@ use super::weights::Scope;
 /// serves products of any row count; this only tunes its blocking.
 const PACK_ROWS: i64 = 1024;
 
+/// A dense layer's weight [out, in], as its kernel takes it. The packed form replaces the plain
+/// one, so a replica holds its dense weights once.
+enum Weight {
+    Plain(Tensor),
+    /// In oneDNN's blocked layout.
+    Packed(Tensor),
+}
+
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Tensor,
-    /// The weight in oneDNN's layout when the layer computes through oneDNN.
-    packed: Option<Tensor>,
 }
 
 impl Linear {
     pub fn load(scope: &Scope, in_dim: i64, out_dim: i64, kernel: LinearKernel) -> Self {
         let weight = scope.get("weight", &[out_dim, in_dim]);
-        let packed = match kernel {
-            LinearKernel::Aten => None,
-            LinearKernel::OneDnn => Some(
+        let weight = match kernel {
+            LinearKernel::Aten => Weight::Plain(weight),
+            LinearKernel::OneDnn => Weight::Packed(
                 onednn::pack(&weight, PACK_ROWS)
                     .unwrap_or_else(|e| panic!("packing {} for oneDNN: {e}", scope.name("weight"))),
             ),
@@ -30,7 +36,6 @@ impl Linear {
         Linear {
             weight,
             bias: scope.get("bias", &[out_dim]),
-            packed,
         }
     }
 
@@ -40,10 +45,11 @@ impl Linear {
 
     /// `activation(x · weightᵀ + bias)`, in one kernel where the layer computes through oneDNN.
     fn forward_fused(&self, x: &Tensor, activation: Fused) -> Tensor {
-        if let Some(packed) = &self.packed {
-            return onednn::linear(x, packed, &self.bias, activation);
-        }
-        let y = x.linear(&self.weight, Some(&self.bias));
+        let weight = match &self.weight {
+            Weight::Packed(packed) => return onednn::linear(x, packed, &self.bias, activation),
+            Weight::Plain(weight) => weight,
+        };
+        let y = x.linear(weight, Some(&self.bias));
         match activation {
             Fused::Nothing => y,
             Fused::Gelu => y.gelu("none"),

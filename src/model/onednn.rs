@@ -7,7 +7,8 @@
 //! the feed-forward activation (GELU) inside the product instead of in a pass of its own.
 //! BENCHMARKS.md has the measurement that made this the CPU default.
 //!
-//! Invariant: a packed weight is used only with the `OneDnn` functions here, and only on the CPU.
+//! Invariant: a packed weight is passed only to [`linear`] here, and lives on the CPU (the model
+//! refuses the oneDNN kernel on any other device).
 use std::ffi::{CStr, c_char, c_int};
 
 use tch::Tensor;
@@ -105,4 +106,54 @@ fn returned(call: impl FnOnce(*mut *mut c_char) -> *mut C_tensor) -> Result<Tens
     }
     // SAFETY: a non-null result is a heap-allocated `at::Tensor` that nothing else owns.
     Ok(unsafe { Tensor::from_ptr(tensor) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    const ROWS: i64 = 5;
+    const IN: i64 = 8;
+    const OUT: i64 = 12;
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b).abs().max().double_value(&[])
+    }
+
+    #[test]
+    fn a_packed_product_with_each_fused_activation_equals_linear_then_the_activation() {
+        tch::manual_seed(7);
+        let input = Tensor::randn([2, ROWS, IN], (Kind::Float, tch::Device::Cpu));
+        let weight = Tensor::randn([OUT, IN], (Kind::Float, tch::Device::Cpu));
+        let bias = Tensor::randn([OUT], (Kind::Float, tch::Device::Cpu));
+        let packed = pack(&weight, ROWS).unwrap();
+        let plain = input.linear(&weight, Some(&bias));
+        let cases = [
+            (Fused::Nothing, plain.shallow_clone()),
+            (Fused::Gelu, plain.gelu("none")),
+            (Fused::GeluTanh, plain.gelu("tanh")),
+            (Fused::Relu, plain.relu()),
+        ];
+        for (fused, expected) in cases {
+            let got = linear(&input, &packed, &bias, fused);
+            assert_eq!(got.size(), [2, ROWS, OUT], "{fused:?}");
+            let difference = max_difference(&got, &expected);
+            assert!(difference < 1e-5, "{fused:?}: {difference}");
+        }
+    }
+
+    #[test]
+    fn a_libtorch_error_comes_back_as_its_message_and_not_as_an_abort() {
+        let weight = Tensor::ones([OUT, IN], (Kind::Float, tch::Device::Cpu));
+        let bias = Tensor::zeros([OUT], (Kind::Float, tch::Device::Cpu));
+        let packed = pack(&weight, ROWS).unwrap();
+        let misshapen = Tensor::ones([ROWS, IN + 1], (Kind::Float, tch::Device::Cpu));
+        let panic = std::panic::catch_unwind(|| linear(&misshapen, &packed, &bias, Fused::Nothing))
+            .unwrap_err();
+        let message = crate::panic_message(panic.as_ref());
+        assert!(message.starts_with("oneDNN linear: "), "{message}");
+        let not_a_matrix = Tensor::ones([IN], (Kind::Float, tch::Device::Cpu));
+        assert!(pack(&not_a_matrix, ROWS).is_err());
+    }
 }
