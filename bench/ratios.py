@@ -35,7 +35,8 @@ def main():
     dense = base.get("dense_ceiling")
     if dense:
         rate = dense["inputs_per_s"]
-        print(f"\nCeiling: the dense layers alone (sgemm, {dense['gflop_per_s']:.0f} GFLOP/s, "
+        print(f"\nCeiling: the dense layers alone ({dense.get('kernel', 'sgemm')}, "
+              f"{dense['gflop_per_s']:.0f} GFLOP/s, "
               f"{dense['tokens']} real tokens, no padding) run at {rate:.1f} inputs/s, "
               f"{rate / st:.2f}x sentence-transformers.")
     rss = bertd.get("server_peak_rss_bytes")

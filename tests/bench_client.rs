@@ -161,6 +161,8 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
     assert!(ceiling["tokens"].as_u64().unwrap() > BASELINE_LINES as u64);
     assert!(ceiling["inputs_per_s"].as_f64().unwrap() > 0.0);
     assert!(ceiling["gflop_per_s"].as_f64().unwrap() > 0.0);
+    // With the kernel the server computes its dense layers with here.
+    assert_eq!(ceiling["kernel"], "oneDNN, packed weights");
 }
 
 /// Corpus lines of the GPU script's dry run: its checks and its throughput runs.
