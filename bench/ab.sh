@@ -13,9 +13,7 @@ source bench/common.sh
 [ $# -ge 2 ] || { echo "usage: bench/ab.sh \"FLAGS A\" \"FLAGS B\" ..." >&2; exit 2; }
 
 prepare
-"$PY" bench/baselines.py --corpus "$OUT/corpus.txt" --threads "$THREADS" --only st \
-  --json "$OUT/st.json" > /dev/null
-st=$("$PY" -c "import json; print(json.load(open('$OUT/st.json'))['sentence_transformers']['inputs_per_s'])")
+st=$(sentence_transformers_rate)
 echo
 echo "| round | bertd serve flags | streams | inputs/s | vs sentence-transformers ($(printf %.1f "$st")/s) | padding ratio |"
 echo "|---|---|---|---|---|---|"
@@ -25,12 +23,6 @@ for round in $(seq "$ROUNDS"); do
     variant=$((variant + 1))
     # shellcheck disable=SC2086 # the flags are words on purpose
     bench_server "$OUT/$round-$variant.json" $flags 2> /dev/null
-    "$PY" - "$OUT/$round-$variant.json" "$round" "${flags:-(default)}" "$st" <<'PY'
-import json, sys
-report, round_, flags, st = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], float(sys.argv[4])
-for run in report["runs"]:
-    print(f"| {round_} | {flags} | {run['concurrency']} | {run['inputs_per_s']:.1f} | "
-          f"{run['inputs_per_s'] / st:.2f} | {run['padding_ratio']:.3f} |")
-PY
+    table_rows "$OUT/$round-$variant.json" "$st" "$round" "${flags:-(default)}"
   done
 done

@@ -44,3 +44,23 @@ bench_server() {
   wait "$bench_pid" || true
   trap - EXIT
 }
+
+# sentence_transformers_rate: runs sentence-transformers alone on the corpus, prints its inputs/s.
+sentence_transformers_rate() {
+  "$PY" bench/baselines.py --corpus "$OUT/corpus.txt" --threads "$THREADS" --only st \
+    --json "$OUT/st.json" > /dev/null
+  "$PY" -c "import json; print(json.load(open('$OUT/st.json'))['sentence_transformers']['inputs_per_s'])"
+}
+
+# table_rows JSON ST CELL...: a Markdown row for each run of a `bertd bench` report, starting with
+# the given cells, then streams, inputs/s, the ratio to ST (sentence-transformers' inputs/s) and
+# the padding ratio.
+table_rows() {
+  "$PY" - "$@" <<'PY'
+import json, sys
+report, st, cells = json.load(open(sys.argv[1])), float(sys.argv[2]), sys.argv[3:]
+for run in report["runs"]:
+    print(f"| {' | '.join(cells)} | {run['concurrency']} | {run['inputs_per_s']:.1f} | "
+          f"{run['inputs_per_s'] / st:.2f} | {run['padding_ratio']:.3f} |")
+PY
+}

@@ -12,9 +12,7 @@ OUT=${OUT:-target/sweep}
 source bench/common.sh
 
 prepare
-"$PY" bench/baselines.py --corpus "$OUT/corpus.txt" --threads "$THREADS" --only st \
-  --json "$OUT/st.json" > /dev/null
-st=$("$PY" -c "import json; print(json.load(open('$OUT/st.json'))['sentence_transformers']['inputs_per_s'])")
+st=$(sentence_transformers_rate)
 echo
 echo "| max_batch_size | max_batch_tokens | streams | inputs/s | vs sentence-transformers ($(printf %.1f "$st")/s) | padding ratio |"
 echo "|---|---|---|---|---|---|"
@@ -22,11 +20,5 @@ for pair in $PAIRS; do
   size=${pair%:*}
   tokens=${pair#*:}
   bench_server "$OUT/$size-$tokens.json" --max-batch-size "$size" --max-batch-tokens "$tokens" 2> /dev/null
-  "$PY" - "$OUT/$size-$tokens.json" "$size" "$tokens" "$st" <<'PY'
-import json, sys
-report, size, tokens, st = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3], float(sys.argv[4])
-for run in report["runs"]:
-    print(f"| {size} | {tokens} | {run['concurrency']} | {run['inputs_per_s']:.1f} | "
-          f"{run['inputs_per_s'] / st:.2f} | {run['padding_ratio']:.3f} |")
-PY
+  table_rows "$OUT/$size-$tokens.json" "$st" "$size" "$tokens"
 done
