@@ -16,11 +16,16 @@ prepare() {
   "$PY" bench/corpus.py --lines "$LINES" --out "$OUT/corpus.txt"
 }
 
-# The machine and its load: absolute rates mean little without them.
+# The machine and its load: absolute rates mean little without them. Also the variables that
+# pick the kernels' instruction sets (MKL, oneDNN, ATen) or OpenMP's waiting, when set: with
+# MKL_ENABLE_INSTRUCTIONS=AVX2 an Intel CPU runs MKL's sgemm as an AMD EPYC does (BENCHMARKS.md).
 describe_machine() {
+  local kernels
+  kernels=$(env | grep -E '^(MKL_ENABLE_INSTRUCTIONS|ONEDNN_MAX_CPU_ISA|ATEN_CPU_CAPABILITY|OMP_[A-Z_]+|GOMP_[A-Z_]+)=' \
+    | sort | xargs)
   echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
     "flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u | xargs)," \
-    "load: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/machine.txt"
+    "load: $(cut -d' ' -f1-3 /proc/loadavg)${kernels:+, $kernels}" | tee "$OUT/machine.txt"
 }
 
 # bench_server JSON [flags for `bertd serve`]: serves, drives the server with `bertd bench` over
