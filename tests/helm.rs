@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::process::{terminate, wait_serving};
+use common::scrape::get;
 use common::*;
 
 use bertd::config::Settings;
@@ -47,19 +48,25 @@ fn values_files() -> Vec<PathBuf> {
 
 /// The chart rendered with `values` for a cluster of `kube_version`.
 fn render(values: &Path, kube_version: &str) -> String {
-    let out = succeed(
-        helm()
-            .args([
-                "template",
-                "bertd",
-                "helm/bertd",
-                "--kube-version",
-                kube_version,
-            ])
-            .arg("-f")
-            .arg(values),
-    );
-    String::from_utf8(out.stdout).unwrap()
+    render_with(values, kube_version, &[])
+}
+
+/// `render`, with `--set` for each of `sets`.
+fn render_with(values: &Path, kube_version: &str, sets: &[&str]) -> String {
+    let mut helm = helm();
+    helm.args([
+        "template",
+        "bertd",
+        "helm/bertd",
+        "--kube-version",
+        kube_version,
+    ])
+    .arg("-f")
+    .arg(values);
+    for set in sets {
+        helm.args(["--set", set]);
+    }
+    String::from_utf8(succeed(&mut helm).stdout).unwrap()
 }
 
 /// The configuration file the chart renders into its ConfigMap.
@@ -134,10 +141,14 @@ fn older_clusters_get_the_api_versions_and_probes_they_serve() {
         new.contains("apiVersion: policy/v1\n") && new.contains("apiVersion: autoscaling/v2\n")
     );
     assert!(new.contains("sleep:\n                seconds: 5"), "{new}");
-    // Native gRPC probes from 1.24, TCP before and under TLS (which native probes cannot speak).
+    // Native gRPC probes from 1.24; before, and under TLS (which native probes cannot speak),
+    // the metrics port's /health, which answers from the same health; TCP without that port.
+    const HTTP_HEALTH: &str = "httpGet:\n              path: /health\n              port: metrics";
     assert!(render(&cpu, "1.33.0").contains("grpc:\n              port: 50051"));
-    assert!(render(&cpu, "1.23.0").contains("tcpSocket:"));
-    assert!(render(&security, "1.33.0").contains("tcpSocket:"));
+    assert!(render(&cpu, "1.23.0").contains(HTTP_HEALTH));
+    assert!(render(&security, "1.33.0").contains(HTTP_HEALTH));
+    let no_metrics = render_with(&security, "1.33.0", &["metrics.enabled=false"]);
+    assert!(no_metrics.contains("tcpSocket:"), "{no_metrics}");
 }
 
 #[test]
@@ -179,6 +190,7 @@ async fn a_bertd_started_from_the_rendered_configuration_answers_the_health_prob
     // The chart's port (a free one here), on loopback rather than the chart's 0.0.0.0, and a
     // test model: the rest is as the chart renders it.
     let addr = free_addr();
+    let metrics = free_addr();
     let port = addr.rsplit(':').next().unwrap();
     let config = rendered_config_with(
         &root().join("helm/bertd/ci/cpu-values.yaml"),
@@ -196,10 +208,13 @@ async fn a_bertd_started_from_the_rendered_configuration_answers_the_health_prob
         .args(["--addr", &addr])
         .arg("--model")
         .arg(model_dir("bert_tiny"))
-        .env("BERTD_TELEMETRY__METRICS_ADDR", "127.0.0.1:0")
+        .env("BERTD_TELEMETRY__METRICS_ADDR", &metrics)
         .spawn()
         .unwrap();
     wait_serving(&addr).await;
+    // The probe under TLS or before Kubernetes 1.24.
+    let (status, _, body) = get(metrics.parse().unwrap(), "/health").await;
+    assert_eq!((status, body.as_str()), (200, "SERVING\n"));
     assert!(terminate(&mut server).success());
 }
 

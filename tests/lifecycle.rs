@@ -10,11 +10,16 @@ use bertd::api::proto::bert::v1 as pb;
 use bertd::config::{Settings, default_model_dir};
 use common::grpc::*;
 use common::process;
+use common::scrape::get;
 use common::*;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+
+/// HTTP statuses of the metrics port's `/health`.
+const OK: u16 = 200;
+const SERVICE_UNAVAILABLE: u16 = 503;
 
 async fn health(channel: &Channel, service: &str) -> ServingStatus {
     let response = HealthClient::new(channel.clone())
@@ -30,17 +35,27 @@ async fn health(channel: &Channel, service: &str) -> ServingStatus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_turns_serving_only_after_the_workers_have_warmed_up() {
     // The real model: loading and warming it up takes long enough to look at the server before.
-    let mut server = bertd::server::start(settings(&default_model_dir()))
-        .await
-        .unwrap();
+    let mut s = settings(&default_model_dir());
+    s.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let mut server = bertd::server::start(s).await.unwrap();
     let channel = channel(&server).await;
+    let metrics = server.metrics_addr.expect("a metrics endpoint");
     assert_eq!(health(&channel, "").await, ServingStatus::NotServing);
+    assert_eq!(
+        get(metrics, "/health").await.0,
+        SERVICE_UNAVAILABLE,
+        "/health follows gRPC health"
+    );
     assert_eq!(
         health(&channel, "bert.v1.Encoder").await,
         ServingStatus::NotServing
     );
     server.ready().await.unwrap();
     assert_eq!(health(&channel, "").await, ServingStatus::Serving);
+    assert_eq!(
+        get(metrics, "/health").await,
+        (OK, "text/plain".into(), "SERVING\n".into())
+    );
     assert_eq!(
         health(&channel, "bert.v1.Encoder").await,
         ServingStatus::Serving
@@ -62,8 +77,11 @@ async fn shutdown_turns_health_not_serving_refuses_new_calls_and_drains_in_fligh
     s.batching.max_batch_delay_ms = 800; // keeps the call in flight while we shut down
     s.batching.max_batch_size = Some(1_000);
     s.server.shutdown_timeout_ms = 3_000;
+    s.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     let mut server = serve(s).await;
     let channel = channel(&server).await;
+    let metrics = server.metrics_addr.expect("a metrics endpoint");
+    assert_eq!(get(metrics, "/health").await.0, OK);
     let mut watch = HealthClient::new(channel.clone())
         .watch(HealthCheckRequest {
             service: String::new(),
@@ -96,6 +114,11 @@ async fn shutdown_turns_health_not_serving_refuses_new_calls_and_drains_in_fligh
     assert_eq!(
         watch.message().await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
+    );
+    assert_eq!(
+        get(metrics, "/health").await.0,
+        SERVICE_UNAVAILABLE,
+        "/health turns 503 with gRPC health, while the server drains"
     );
     let response = in_flight
         .await

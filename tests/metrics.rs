@@ -250,13 +250,19 @@ async fn every_counter_and_histogram_count_equals_the_workload_sent() {
 }
 
 #[tokio::test]
-async fn only_get_metrics_is_served() {
+async fn only_get_metrics_and_health_are_served() {
     let mut s = settings(&model_dir("bert_tiny"));
     s.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     let server = serve(s).await;
     let addr = server.metrics_addr.unwrap();
     assert_eq!(get(addr, "/").await.0, 404);
+    assert_eq!(get(addr, "/healthz").await.0, 404);
     assert_eq!(get(addr, "/metrics").await.0, 200);
+    assert_eq!(
+        get(addr, "/health").await.0,
+        200,
+        "a ready server is healthy"
+    );
 }
 
 #[tokio::test]

@@ -307,7 +307,8 @@ pub struct TelemetrySettings {
     /// Request messages of one stream that get a span of their own; later ones are traced only
     /// through the stream's span, so a stream of millions of messages stays one bounded trace.
     pub max_spans_per_stream: usize,
-    /// Where Prometheus scrapes /metrics, e.g. "0.0.0.0:9090". Unset: no metrics endpoint.
+    /// Where Prometheus scrapes /metrics and probes read /health, e.g. "0.0.0.0:9090". Unset: no
+    /// metrics endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<SocketAddr>,
 }

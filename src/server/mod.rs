@@ -350,21 +350,20 @@ pub async fn run(
         draining: draining.clone(),
         metrics: Arc::new(RpcMetrics::default()),
     });
+    let (health, health_service) = Health::new(&draining, spec.classifier.is_some());
+    health.set(ServingStatus::NotServing).await;
     let stop_metrics = CancellationToken::new();
     if let Some(listener) = metrics_listener {
         let registry = Arc::new(metrics::registry(&state));
         tokio::spawn(crate::telemetry::metrics::serve(
             listener,
             registry,
+            health.serving.subscribe(),
             stop_metrics.clone(),
         ));
     }
     // Stops the metrics endpoint however `run` ends.
     let _stop_metrics = stop_metrics.drop_guard();
-
-    let (reporter, health_service) = health(&draining);
-    let has_classifier = spec.classifier.is_some();
-    set_health(&reporter, ServingStatus::NotServing, has_classifier).await;
     security.warn_if_exposed(local);
     let stop_reloading = CancellationToken::new();
     security.keep_reloaded(&stop_reloading, &state.metrics);
@@ -441,14 +440,10 @@ pub async fn run(
         }
     }
 
-    set_health(&reporter, ServingStatus::Serving, has_classifier).await;
+    health.set(ServingStatus::Serving).await;
     let _ = phase.send(Phase::Serving);
     tracing::info!(addr = %settings.server.addr, "serving");
-    let follower = tokio::spawn(follow_workers(
-        pool.status(),
-        reporter.clone(),
-        has_classifier,
-    ));
+    let follower = tokio::spawn(follow_workers(pool.status(), health.clone()));
 
     tokio::select! {
         _ = &mut shutdown => {}
@@ -463,7 +458,7 @@ pub async fn run(
     tracing::info!("shutting down: no new calls, draining in-flight ones");
     let _ = phase.send(Phase::Draining);
     follower.abort();
-    set_health(&reporter, ServingStatus::NotServing, has_classifier).await;
+    health.set(ServingStatus::NotServing).await;
     stop_accepting.cancel();
     draining.cancel();
     let timeout = settings.shutdown_timeout();
@@ -502,44 +497,62 @@ fn transport_ended(
     }
 }
 
-/// The health reporter and the service that answers from it, whose Watch streams end when the
-/// server drains.
-fn health(draining: &CancellationToken) -> (HealthReporter, HealthServer<DrainingHealth>) {
-    let reporter = HealthReporter::new();
-    let service = HealthService::from_health_reporter(reporter.clone());
-    let server = HealthServer::new(DrainingHealth::new(service, draining.clone()));
-    (reporter, server)
+/// What the server says of its health, in one place: to the gRPC health service, and to the
+/// metrics port's `/health` through `serving` (the whole server's status, service "").
+#[derive(Clone)]
+struct Health {
+    reporter: HealthReporter,
+    serving: watch::Sender<bool>,
+    has_classifier: bool,
 }
 
-async fn set_health(reporter: &HealthReporter, status: ServingStatus, has_classifier: bool) {
-    for service in SERVICES {
-        let status = if service == "bert.v1.Classifier" && !has_classifier {
-            ServingStatus::NotServing
-        } else {
-            status
+impl Health {
+    /// The health and the service that answers from it, whose Watch streams end when the server
+    /// drains.
+    fn new(
+        draining: &CancellationToken,
+        has_classifier: bool,
+    ) -> (Self, HealthServer<DrainingHealth>) {
+        let reporter = HealthReporter::new();
+        let service = HealthService::from_health_reporter(reporter.clone());
+        let server = HealthServer::new(DrainingHealth::new(service, draining.clone()));
+        let health = Health {
+            reporter,
+            serving: watch::Sender::new(false),
+            has_classifier,
         };
-        reporter.set_service_status(service, status).await;
+        (health, server)
+    }
+
+    /// Every service takes `status`, but Classifier stays NOT_SERVING without a classifier.
+    /// `/health` changes first, so whoever sees the gRPC status change sees it there too.
+    async fn set(&self, status: ServingStatus) {
+        self.serving.send_replace(status == ServingStatus::Serving);
+        for service in SERVICES {
+            let status = if service == "bert.v1.Classifier" && !self.has_classifier {
+                ServingStatus::NotServing
+            } else {
+                status
+            };
+            self.reporter.set_service_status(service, status).await;
+        }
     }
 }
 
 /// Health follows the workers while serving: NOT_SERVING while no worker can run.
-async fn follow_workers(
-    mut status: watch::Receiver<PoolStatus>,
-    reporter: HealthReporter,
-    has_classifier: bool,
-) {
+async fn follow_workers(mut status: watch::Receiver<PoolStatus>, health: Health) {
     let mut serving = true;
     while status.changed().await.is_ok() {
         let available = !status.borrow_and_update().unavailable;
         if available != serving {
             serving = available;
-            let health = if available {
+            let status = if available {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
             };
-            tracing::warn!(?health, "health follows the workers");
-            set_health(&reporter, health, has_classifier).await;
+            tracing::warn!(health = ?status, "health follows the workers");
+            health.set(status).await;
         }
     }
 }

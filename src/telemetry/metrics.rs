@@ -1,4 +1,6 @@
-//! Metrics in the Prometheus text format, on their own HTTP port (`telemetry.metrics_addr`).
+//! Metrics in the Prometheus text format, on their own HTTP port (`telemetry.metrics_addr`),
+//! beside `GET /health`: the server's overall gRPC health as an HTTP status, for probes that
+//! cannot speak gRPC over TLS (Kubernetes' gRPC probe has no TLS).
 //!
 //! Built on `prometheus-client`, the OpenMetrics reference implementation for Rust, maintained
 //! under the Prometheus organisation: its metrics are plain atomics updated in place (no global
@@ -27,6 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// A histogram family with the same buckets for every label set.
@@ -241,8 +244,15 @@ impl BatchMetrics {
 /// The content type of the text exposition `prometheus-client` writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: CancellationToken) {
+/// Serves `GET /metrics` and `GET /health` on `listener` until `stop` is cancelled. `serving`
+/// is what the gRPC health service says of the whole server (service ""): `/health` answers 200
+/// while it is true, 503 otherwise (starting, no worker running, draining).
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    serving: watch::Receiver<bool>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => return,
@@ -256,9 +266,13 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: Cancell
             }
         };
         let registry = registry.clone();
+        let serving = serving.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| scrape(request, registry.clone()));
+            let service = service_fn(move |request| {
+                let serving = *serving.borrow();
+                scrape(request, registry.clone(), serving)
+            });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -272,6 +286,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, stop: Cancell
 async fn scrape(
     request: Request<Incoming>,
     registry: Arc<Registry>,
+    serving: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let respond = |status, content_type, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -282,8 +297,13 @@ async fn scrape(
         );
         Ok(response)
     };
-    if request.uri().path() != "/metrics" {
-        return respond(StatusCode::NOT_FOUND, "text/plain", "see /metrics\n".into());
+    let path = request.uri().path();
+    if path != "/metrics" && path != "/health" {
+        return respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "see /metrics or /health\n".into(),
+        );
     }
     if request.method() != Method::GET {
         return respond(
@@ -291,6 +311,16 @@ async fn scrape(
             "text/plain",
             "GET only\n".into(),
         );
+    }
+    if path == "/health" {
+        return match serving {
+            true => respond(StatusCode::OK, "text/plain", "SERVING\n".into()),
+            false => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "NOT_SERVING\n".into(),
+            ),
+        };
     }
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, &registry) {

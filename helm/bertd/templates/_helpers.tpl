@@ -79,13 +79,19 @@ traces, TLS and key files), with .Values.config merged over it.
 
 {{/*
 A probe on grpc.health.v1: native gRPC probes from Kubernetes 1.24 (GA); before that, or under
-TLS (which native probes do not speak), a TCP connect to the gRPC port.
+TLS (which native probes do not speak), GET /health on the metrics port, which answers 200 from
+the same health (503 while loading, without a worker, or draining); a TCP connect to the gRPC
+port when the metrics port is off.
 */}}
 {{- define "bertd.probe" -}}
 {{- if and (semverCompare ">=1.24-0" .root.Capabilities.KubeVersion.Version) (not .root.Values.tls.enabled) -}}
 grpc:
   port: {{ .root.Values.service.port }}
   service: ""
+{{- else if .root.Values.metrics.enabled -}}
+httpGet:
+  path: /health
+  port: metrics
 {{- else -}}
 tcpSocket:
   port: grpc
