@@ -21,7 +21,7 @@ prepare() {
 # MKL_ENABLE_INSTRUCTIONS=AVX2 an Intel CPU runs MKL's sgemm as an AMD EPYC does (BENCHMARKS.md).
 describe_machine() {
   local kernels
-  kernels=$(env | grep -E '^(MKL_ENABLE_INSTRUCTIONS|ONEDNN_MAX_CPU_ISA|ATEN_CPU_CAPABILITY|OMP_[A-Z_]+|GOMP_[A-Z_]+)=' \
+  kernels=$(env | { grep -E '^(MKL_ENABLE_INSTRUCTIONS|ONEDNN_MAX_CPU_ISA|ATEN_CPU_CAPABILITY|OMP_[A-Z_]+|GOMP_[A-Z_]+)=' || true; } \
     | sort | xargs)
   echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)," \
     "flags: $(grep -o -w 'avx2\|avx512f\|avx512_bf16\|amx_bf16' /proc/cpuinfo | sort -u | xargs)," \
