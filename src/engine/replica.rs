@@ -65,7 +65,7 @@ impl ReplicaPlan {
                 reason,
             })?;
         let threads = self.threads(device);
-        tch::set_num_threads(threads as i32);
+        set_thread_count(threads);
         if self.dtype == DType::Bf16 && device.0 == Device::Cpu && !cpu_has_amx_bf16() {
             tracing::warn!(
                 worker = index,
@@ -91,6 +91,15 @@ impl ReplicaPlan {
 }
 
 /// One batch at a typical length.
+/// Sets libtorch's thread count for the calling thread, so that it sticks. ATen gives a thread
+/// its count at the thread's first parallel operation, from the count any thread set last: a
+/// CUDA worker's 1 set meanwhile would leave a CPU worker computing on one core. Reading the
+/// count first makes that first initialisation happen now, before this thread's own count.
+fn set_thread_count(threads: usize) {
+    tch::get_num_threads();
+    tch::set_num_threads(threads as i32);
+}
+
 fn warm_up(engine: &Engine, batch: usize) -> Result<(), super::EngineError> {
     let spec = engine.model().spec();
     let len = spec.max_length.min(32);
@@ -112,4 +121,36 @@ fn warm_up(engine: &Engine, batch: usize) -> Result<(), super::EngineError> {
         })
         .collect();
     engine.run(&inputs).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::thread;
+
+    use tch::{Kind, Tensor};
+
+    use super::set_thread_count;
+
+    /// Elements enough for ATen to split a reduction between threads.
+    const PARALLEL_ELEMENTS: i64 = 1 << 20;
+
+    #[test]
+    fn a_workers_thread_count_holds_when_another_worker_sets_its_own_before_it_computes() {
+        let (was_set, wait_for_set) = mpsc::channel();
+        let (other_set, wait_for_other) = mpsc::channel();
+        let worker = thread::spawn(move || {
+            set_thread_count(2);
+            was_set.send(()).unwrap();
+            wait_for_other.recv().unwrap();
+            // Its first parallel operation, after the other worker set 1.
+            let _ =
+                Tensor::ones([PARALLEL_ELEMENTS], (Kind::Float, tch::Device::Cpu)).sum(Kind::Float);
+            tch::get_num_threads()
+        });
+        wait_for_set.recv().unwrap();
+        thread::spawn(|| set_thread_count(1)).join().unwrap();
+        other_set.send(()).unwrap();
+        assert_eq!(worker.join().unwrap(), 2);
+    }
 }
