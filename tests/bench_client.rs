@@ -1,5 +1,6 @@
 //! `bertd bench` against a real server: every input of the corpus is answered in each run, and
-//! what it reports adds up (tokens, padding ratio from the server's metrics, peak memory).
+//! what it reports adds up (tokens, padding ratio from the server's metrics, peak memory); the
+//! bench scripts' machine line names the variables that change the kernels.
 mod common;
 
 use std::path::Path;
@@ -9,7 +10,6 @@ use common::grpc::*;
 use common::*;
 use serde_json::Value;
 
-/// Runs `command`, which must succeed (its stderr otherwise in the failure).
 /// Lines of the corpus: varied lengths, so batches pad.
 const LINES: usize = 50;
 
@@ -89,6 +89,47 @@ async fn bench_cycles_through_the_corpus_for_the_inputs_asked() {
     assert_eq!(run["inputs"], inputs);
     // Without --metrics and --pid, what they would measure is absent rather than made up.
     assert!(run["forward_ms_mean"].is_null() && run["server_rss_bytes_max"].is_null());
+}
+
+/// The variables that pick the kernels' instruction sets, which the bench scripts' machine line
+/// names when they are set (an emulated machine must say so in its report).
+const KERNEL_VARIABLES: [&str; 3] = [
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+];
+
+#[test]
+fn the_bench_scripts_machine_line_names_the_kernel_variables_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine_line = |set: &[(&str, &str)]| {
+        let mut bash = Command::new("bash");
+        bash.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "-c",
+                "set -euo pipefail; source bench/common.sh; describe_machine",
+            ])
+            .env("OUT", dir.path());
+        for variable in KERNEL_VARIABLES {
+            bash.env_remove(variable);
+        }
+        bash.envs(set.iter().copied());
+        String::from_utf8(succeed(&mut bash).stdout).unwrap()
+    };
+    let plain = machine_line(&[]);
+    assert!(
+        plain.contains(" cores, ") && plain.contains("load: "),
+        "{plain}"
+    );
+    assert!(
+        KERNEL_VARIABLES.iter().all(|v| !plain.contains(v)),
+        "{plain}"
+    );
+    let emulated = machine_line(&[("MKL_ENABLE_INSTRUCTIONS", "AVX2")]);
+    assert!(
+        emulated.contains(", MKL_ENABLE_INSTRUCTIONS=AVX2"),
+        "{emulated}"
+    );
 }
 
 #[test]
