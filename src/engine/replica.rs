@@ -90,7 +90,6 @@ impl ReplicaPlan {
     }
 }
 
-/// One batch at a typical length.
 /// Sets libtorch's thread count for the calling thread, so that it sticks. ATen gives a thread
 /// its count at the thread's first parallel operation, from the count any thread set last: a
 /// CUDA worker's 1 set meanwhile would leave a CPU worker computing on one core. Reading the
@@ -100,6 +99,7 @@ fn set_thread_count(threads: usize) {
     tch::set_num_threads(threads as i32);
 }
 
+/// One batch at a typical length.
 fn warm_up(engine: &Engine, batch: usize) -> Result<(), super::EngineError> {
     let spec = engine.model().spec();
     let len = spec.max_length.min(32);
