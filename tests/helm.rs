@@ -152,6 +152,21 @@ fn older_clusters_get_the_api_versions_and_probes_they_serve() {
 }
 
 #[test]
+fn queue_depth_autoscaling_counts_waiting_calls_and_streams_only_when_told() {
+    // A stream keeps its whole window queued however fast its pod computes, so by default the
+    // HPA's queue metric selects the unary lane (bertd_queued_inputs{lane="unary"}).
+    const UNARY_ONLY: &str = "name: bertd_queued_inputs\n          selector:\n            matchLabels:\n              lane: unary\n";
+    let autoscaling = root().join("helm/bertd/ci/autoscaling-values.yaml");
+    for kube_version in ["1.33.0", "1.20.0"] {
+        let hpa = render(&autoscaling, kube_version);
+        assert!(hpa.contains(UNARY_ONLY), "{kube_version}: {hpa}");
+    }
+    let all = render_with(&autoscaling, "1.33.0", &["autoscaling.queueDepth.lane=all"]);
+    assert!(all.contains("name: bertd_queued_inputs\n"), "{all}");
+    assert!(!all.contains("lane: unary"), "{all}");
+}
+
+#[test]
 fn the_rendered_configuration_is_one_bertd_accepts() {
     let dir = tempfile::tempdir().unwrap();
     for values in values_files() {
@@ -236,6 +251,10 @@ fn bad_values_are_refused_naming_them() {
         (
             "telemetry.otlpEndpoint=collector:4317",
             "telemetry.otlpEndpoint: Does not match pattern",
+        ),
+        (
+            "autoscaling.queueDepth.lane=stream",
+            "autoscaling.queueDepth.lane: autoscaling.queueDepth.lane must be one of the following",
         ),
         ("replicas=3", "Additional property replicas is not allowed"),
     ];

@@ -120,7 +120,7 @@ pub enum DenseKernel {
 
 impl DenseKernel {
     pub fn resolve(self, device: DeviceSpec) -> Result<LinearKernel, String> {
-        let onednn = device.0 == Device::Cpu && LinearKernel::onednn_available();
+        let onednn = LinearKernel::onednn_runs_on(device.0);
         match self {
             DenseKernel::Auto if onednn => Ok(LinearKernel::OneDnn),
             DenseKernel::Auto | DenseKernel::Aten => Ok(LinearKernel::Aten),
@@ -254,7 +254,7 @@ mod tests {
         let cpu = DeviceSpec(Device::Cpu);
         let cuda = DeviceSpec(Device::Cuda(0));
         // x86 builds of libtorch, the ones this project installs, register oneDNN's operators.
-        assert!(LinearKernel::onednn_available());
+        assert!(LinearKernel::onednn_runs_on(Device::Cpu));
         assert_eq!(DenseKernel::Auto.resolve(cpu), Ok(LinearKernel::OneDnn));
         assert_eq!(DenseKernel::Onednn.resolve(cpu), Ok(LinearKernel::OneDnn));
         assert_eq!(DenseKernel::Aten.resolve(cpu), Ok(LinearKernel::Aten));

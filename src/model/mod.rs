@@ -29,9 +29,10 @@ pub enum LinearKernel {
 }
 
 impl LinearKernel {
-    /// Whether this libtorch has the oneDNN operators `OneDnn` calls.
-    pub fn onednn_available() -> bool {
-        onednn::available()
+    /// Whether `OneDnn` can compute on `device`: a CPU, with a libtorch that has the oneDNN
+    /// operators it calls.
+    pub fn onednn_runs_on(device: Device) -> bool {
+        device == Device::Cpu && onednn::available()
     }
 }
 
@@ -99,7 +100,7 @@ impl Model {
         kind: Kind,
         kernel: LinearKernel,
     ) -> Result<Self, ModelError> {
-        if kernel == LinearKernel::OneDnn && (device != Device::Cpu || !onednn::available()) {
+        if kernel == LinearKernel::OneDnn && !LinearKernel::onednn_runs_on(device) {
             return Err(ModelError::Device {
                 device: match device {
                     Device::Cuda(n) => format!("cuda:{n}"),

@@ -297,38 +297,32 @@ async fn scrape(
         );
         Ok(response)
     };
-    let path = request.uri().path();
-    if path != "/metrics" && path != "/health" {
-        return respond(
+    const TEXT: &str = "text/plain";
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                Ok(()) => respond(StatusCode::OK, OPENMETRICS, body),
+                Err(_) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "encoding the metrics failed\n".into(),
+                ),
+            }
+        }
+        (&Method::GET, "/health") if serving => respond(StatusCode::OK, TEXT, "SERVING\n".into()),
+        (&Method::GET, "/health") => respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            TEXT,
+            "NOT_SERVING\n".into(),
+        ),
+        (_, "/metrics" | "/health") => {
+            respond(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into())
+        }
+        _ => respond(
             StatusCode::NOT_FOUND,
-            "text/plain",
+            TEXT,
             "see /metrics or /health\n".into(),
-        );
-    }
-    if request.method() != Method::GET {
-        return respond(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "GET only\n".into(),
-        );
-    }
-    if path == "/health" {
-        return match serving {
-            true => respond(StatusCode::OK, "text/plain", "SERVING\n".into()),
-            false => respond(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "NOT_SERVING\n".into(),
-            ),
-        };
-    }
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &registry) {
-        Ok(()) => respond(StatusCode::OK, OPENMETRICS, body),
-        Err(_) => respond(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            "encoding the metrics failed\n".into(),
         ),
     }
 }
