@@ -158,8 +158,8 @@ struct StreamArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     window: u32,
     /// Inputs read but not yet written, at most (bounds memory, whatever the input's size).
-    /// Default: twice what every stream to the addresses known at the start carries at once
-    /// (addresses x streams x window x batch), and at least 8192.
+    /// Default: twice what every stream carries at once (addresses x streams x window x batch),
+    /// and at least 8192; raised when DNS adds addresses mid-job (the most seen at once count).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_pending: Option<u32>,
     /// Tries after the first for a request that fails for a passing reason.

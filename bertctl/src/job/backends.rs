@@ -1,7 +1,8 @@
 //! Which addresses the job streams to: every address of every `--server`, with `streams` slots
 //! each. Host names are resolved again every `resolve_every`, so pods that a headless Service
 //! gains are used and pods it loses are let go (their slots finish what they carry and stop).
-//! A failed or empty resolution keeps the addresses known before.
+//! A failed or empty resolution keeps the addresses known before. The job's room for pending
+//! items follows the addresses there are (`Room`).
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,14 +10,15 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::Shared;
 use super::slot::{self, Backend};
+use super::{Room, Shared};
 use crate::connect::Target;
 
 pub(super) async fn manage(
     shared: Arc<Shared>,
     targets: Vec<Target>,
     mut known: Vec<Vec<SocketAddr>>,
+    mut room: Room,
 ) {
     let mut slots = JoinSet::new();
     let mut live: HashMap<(usize, SocketAddr), watch::Sender<bool>> = HashMap::new();
@@ -26,6 +28,7 @@ pub(super) async fn manage(
             .enumerate()
             .flat_map(|(t, addrs)| addrs.iter().map(move |a| (t, *a)))
             .collect();
+        room.follow(&shared.settings, wanted.len());
         live.retain(|key, retire| {
             let keep = wanted.contains(key);
             if !keep {

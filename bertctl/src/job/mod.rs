@@ -9,8 +9,10 @@
 //! ```
 //!
 //! Invariants:
-//! - Memory is bounded by `max_pending` items: the reader takes a permit per item and the writer
-//!   gives it back once the item is written, so a slow chunk stalls reading, never grows a buffer.
+//! - Memory is bounded by the pending limit (`Settings::pending_limit`) in items: the reader
+//!   takes a permit per item and the writer gives it back once the item is written, so a slow
+//!   chunk stalls reading, never grows a buffer. The default limit follows the most addresses
+//!   DNS has given (`Room`), so that pods added mid-job get full windows too.
 //! - Every item is answered exactly once: a chunk is owned by one slot at a time; when its stream
 //!   fails, the chunk goes back (with backoff, counting attempts) and another slot takes it.
 //! - A chunk the server refuses is split until the refusal names a single item, so one bad input
@@ -52,6 +54,38 @@ pub struct Settings {
     pub backoff: Backoff,
     /// How often server host names are resolved again.
     pub resolve_every: Duration,
+}
+
+/// The permits for items read but not yet written. With the default limit, DNS adding addresses
+/// mid-job raises it, so that their streams are fed as fully as the first ones (a job started
+/// on two pods that an autoscaler grows to ten would otherwise spread two pods' worth of room
+/// over ten). It never falls: an address that leaves finishes what it carries, and the bound
+/// stays that of the most addresses seen at once.
+pub(crate) struct Room {
+    permits: Arc<Semaphore>,
+    granted: usize,
+}
+
+impl Room {
+    fn new(settings: &Settings, addresses: usize) -> Room {
+        let granted = settings.pending_limit(addresses);
+        Room {
+            permits: Arc::new(Semaphore::new(granted)),
+            granted,
+        }
+    }
+
+    /// Raises the default limit to what `addresses` addresses need; a given limit stays.
+    fn follow(&mut self, settings: &Settings, addresses: usize) {
+        if settings.max_pending.is_some() {
+            return;
+        }
+        let limit = settings.pending_limit(addresses);
+        if limit > self.granted {
+            self.permits.add_permits(limit - self.granted);
+            self.granted = limit;
+        }
+    }
 }
 
 /// The least the default pending limit is: with few streams, reordering still has room.
@@ -278,10 +312,12 @@ pub async fn run(job: Job) -> Result<Totals, JobError> {
         }
         addresses.push(addrs);
     }
-    let max_pending = settings.pending_limit(addresses.iter().map(Vec::len).sum());
-    let permits = Arc::new(Semaphore::new(max_pending));
-    let (fresh_tx, fresh_rx) = async_channel::bounded(max_pending.div_ceil(settings.batch));
-    let (retry_tx, retry_rx) = async_channel::bounded(max_pending);
+    let room = Room::new(&settings, addresses.iter().map(Vec::len).sum());
+    let permits = room.permits.clone();
+    let (fresh_tx, fresh_rx) = async_channel::bounded(room.granted.div_ceil(settings.batch));
+    // Not bounded by its own capacity but by the permits: it never holds more chunks than there
+    // are items pending, and the pending limit may rise while the job runs.
+    let (retry_tx, retry_rx) = async_channel::unbounded();
     let (writer_tx, writer_rx) = mpsc::channel(1024);
     let (fatal_tx, mut fatal_rx) = mpsc::channel(1);
 
@@ -313,7 +349,12 @@ pub async fn run(job: Job) -> Result<Totals, JobError> {
             writer::write(writer_rx, sink, errors, start, &permits, &progress)
         })
     };
-    let manager = tokio::spawn(backends::manage(shared.clone(), job.targets, addresses));
+    let manager = tokio::spawn(backends::manage(
+        shared.clone(),
+        job.targets,
+        addresses,
+        room,
+    ));
 
     let mut reading = true;
     let outcome = loop {
@@ -415,5 +456,30 @@ mod tests {
     fn a_given_pending_limit_is_kept_but_never_below_one_message() {
         assert_eq!(settings(Some(100)).pending_limit(10), 100);
         assert_eq!(settings(Some(5)).pending_limit(1), 32);
+    }
+
+    #[test]
+    fn the_default_room_grows_with_the_addresses_dns_adds_and_never_falls() {
+        let default = settings(None);
+        let mut room = Room::new(&default, 1);
+        assert_eq!(room.permits.available_permits(), MIN_DEFAULT_PENDING);
+        room.follow(&default, 10);
+        assert_eq!(room.permits.available_permits(), default.pending_limit(10));
+        room.follow(&default, 1);
+        assert_eq!(
+            room.permits.available_permits(),
+            default.pending_limit(10),
+            "an address leaving finishes what it carries"
+        );
+        room.follow(&default, 12);
+        assert_eq!(room.permits.available_permits(), default.pending_limit(12));
+    }
+
+    #[test]
+    fn a_given_room_stays_whatever_dns_adds() {
+        let given = settings(Some(100));
+        let mut room = Room::new(&given, 1);
+        room.follow(&given, 10);
+        assert_eq!(room.permits.available_permits(), 100);
     }
 }
