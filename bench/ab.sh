@@ -4,6 +4,9 @@
 #
 #   bench/ab.sh "FLAGS A" "FLAGS B" ...    (flags for `bertd serve`; "" is the default)
 #
+# A variant whose first word is `bertd=PATH` is served by that binary instead (a lever in the
+# code: keep a copy of the release binary built without it, then build with it).
+#
 # Environment: ROUNDS (2), LINES, THREADS, CONCURRENCY (bench/common.sh), OUT (target/ab).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,8 +24,13 @@ for round in $(seq "$ROUNDS"); do
   variant=0
   for flags in "$@"; do
     variant=$((variant + 1))
+    binary=./target/release/bertd
+    if [[ $flags == bertd=* ]]; then
+      read -r binary flags <<< "$flags"
+      binary=${binary#bertd=}
+    fi
     # shellcheck disable=SC2086 # the flags are words on purpose
-    bench_server "$OUT/$round-$variant.json" $flags 2> /dev/null
-    table_rows "$OUT/$round-$variant.json" "$st" "$round" "${flags:-(default)}"
+    BERTD=$binary bench_server "$OUT/$round-$variant.json" $flags 2> /dev/null
+    table_rows "$OUT/$round-$variant.json" "$st" "$round" "$([[ $binary == ./target/release/bertd ]] || echo "$binary ")${flags:-(default)}"
   done
 done

@@ -1,11 +1,12 @@
 # What bench/compare.sh and bench/sweep.sh share; sourced, with OUT set, from the repository root.
 # Environment: LINES (corpus lines, 2000), THREADS (the server's and the baselines' threads: all
-# cores), CONCURRENCY (streams, comma-separated: 1,4), BENCH_FLAGS (more flags for `bertd bench`).
+# cores), CONCURRENCY (streams, comma-separated: 1,4), BENCH_FLAGS (more flags for `bertd bench`),
+# BERTD (the binary that serves and benches: target/release/bertd).
 LINES=${LINES:-2000}
 THREADS=${THREADS:-$(nproc)}
 CONCURRENCY=${CONCURRENCY:-1,4}
 PY=.venv/bin/python
-BERTD=./target/release/bertd
+BERTD=${BERTD:-./target/release/bertd}
 mkdir -p "$OUT"
 
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
