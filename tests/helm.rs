@@ -356,6 +356,10 @@ fn the_chart_installs_upgrades_and_uninstalls_on_a_real_api_server() {
         security,
         "--set",
         "autoscaling.enabled=true",
+        // The queue-depth metric (with its lane selector) must be one the API server accepts;
+        // the HPA controller raises the replicas to the minimum before it reads any metric.
+        "--set",
+        "autoscaling.queueDepth.enabled=true",
         "--wait",
         "--timeout",
         HELM_WAIT,
@@ -389,6 +393,14 @@ fn the_chart_installs_upgrades_and_uninstalls_on_a_real_api_server() {
             "jsonpath={.status.readyReplicas}",
         ])
     };
+    let counted = cluster.kubectl(&[
+        "get",
+        "horizontalpodautoscalers.v2beta2.autoscaling",
+        "bertd",
+        "-o",
+        "jsonpath={.spec.metrics[1].pods.metric.selector.matchLabels.lane}",
+    ]);
+    assert_eq!(counted, "unary", "the queue depth counts the unary lane");
     // The Deployment leaves its replicas to the HPA, whose controller raises them to its minimum.
     let deadline = std::time::Instant::now() + HPA_PATIENCE;
     while ready(&cluster) != "2" {
