@@ -398,7 +398,7 @@ fn the_chart_installs_upgrades_and_uninstalls_on_a_real_api_server() {
         "horizontalpodautoscalers.v2beta2.autoscaling",
         "bertd",
         "-o",
-        "jsonpath={.spec.metrics[1].pods.metric.selector.matchLabels.lane}",
+        "jsonpath={.spec.metrics[?(@.type==\"Pods\")].pods.metric.selector.matchLabels.lane}",
     ]);
     assert_eq!(counted, "unary", "the queue depth counts the unary lane");
     // The Deployment leaves its replicas to the HPA, whose controller raises them to its minimum.
