@@ -12,11 +12,16 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/gpu_script.r
    CEILING_BATCH inputs: the ceiling that tokenization, gRPC and batching should hide behind.
 
 One table on stdout, everything in OUT/gpu.json; the exit status is non-zero when a check fails
-(throughput is reported, not judged).
+or a stage cannot run (throughput is reported, not judged). A lent GPU is scarce, so one call
+must bring back all it can: a preflight (one input through `bertd encode` on the device) stops
+the run at once when the device cannot be used; otherwise a stage that fails is recorded with
+its error and the others still run; OUT/gpu.json is written after every stage, so a call cut
+short by the machine's time limit still returns what was measured; and each throughput stage
+runs only within --budget-s of the start.
 
 usage: gpu.py --bertd BIN --assets DIR --device cuda:0 --out DIR
               [--dtypes fp32,fp16,bf16] [--serve-dtype fp16] [--shapes minilm,bert-base]
-              [--check-lines 256] [--concurrency 1,8,32]
+              [--check-lines 256] [--concurrency 1,8,32] [--budget-s 540]
 """
 import argparse
 import json
@@ -43,6 +48,8 @@ LOW_PRECISION_COSINE = 0.9995
 CEILING_BATCH = 256
 # How long `bertd bench` waits for the server to load and serve.
 SERVE_TIMEOUT_S = 300
+# The least time a throughput stage is started with (loading the model, then three runs).
+MIN_STAGE_S = 60
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -159,6 +166,15 @@ def shape_checks(bertd, model_dir, shape, texts, device, dtypes):
             for dtype in dtypes]
 
 
+def device_name(device):
+    if not device.startswith("cuda"):
+        return "cpu"
+    try:
+        return torch.cuda.get_device_name(device)
+    except Exception as error:  # no driver, no such device, a PyTorch without CUDA
+        return f"not usable by this PyTorch ({error})"
+
+
 def sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
@@ -186,8 +202,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out):
-    """`bertd serve` on the device with its default batching, driven by `bertd bench`."""
+def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out, timeout_s):
+    """`bertd serve` on the device with its default batching, driven by `bertd bench` for at
+    most TIMEOUT_S seconds."""
     port, metrics = free_port(), free_port()
     env = bertd_env()
     env["BERTD_TELEMETRY__METRICS_ADDR"] = f"127.0.0.1:{metrics}"
@@ -200,13 +217,51 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out):
         subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
                         "--concurrency", concurrency, "--metrics", f"127.0.0.1:{metrics}",
                         "--pid", str(server.pid), "--json", str(report),
-                        "--connect-timeout-s", str(SERVE_TIMEOUT_S)],
-                       check=True, stdout=subprocess.DEVNULL, env=env)
+                        "--connect-timeout-s", str(min(SERVE_TIMEOUT_S, timeout_s))],
+                       check=True, stdout=subprocess.DEVNULL, env=env, timeout=timeout_s)
         return json.loads(report.read_text())
     finally:
         server.terminate()
         server.wait(timeout=60)
         log.close()
+
+
+class Report:
+    """What the run has found so far, saved to OUT/gpu.json after every stage."""
+
+    def __init__(self, out, device):
+        self.path = out / "gpu.json"
+        self.data = {"device": device, "checks": [], "speeds": [], "errors": []}
+        self.started = time.monotonic()
+
+    def left_s(self, budget_s):
+        return budget_s - (time.monotonic() - self.started)
+
+    def stage(self, name, run):
+        """RUN's result, or None when it failed: its error is recorded and printed."""
+        try:
+            return run()
+        except Exception as error:  # any failure of one stage: the others still run
+            message = f"{type(error).__name__}: {error}"
+            self.data["errors"].append({"stage": name, "error": message})
+            print(f"# {name}: FAILED: {message}", flush=True)
+            return None
+        finally:
+            self.save()
+
+    def skip(self, name, reason):
+        self.data["errors"].append({"stage": name, "error": f"not run: {reason}"})
+        print(f"# {name}: not run: {reason}", flush=True)
+        self.save()
+
+    def add_checks(self, checks):
+        self.data["checks"] += checks
+        for c in checks:
+            print(f"# {c['check']} {c['dtype']}: {'ok' if c['ok'] else 'NOT OK'} "
+                  f"(max abs diff {c['max_abs_diff']:.2e}, min cosine {c['min_cosine']:.6f})", flush=True)
+
+    def save(self):
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def table(checks, speeds):
@@ -244,6 +299,9 @@ def main():
     parser.add_argument("--shapes", default="minilm,bert-base")
     parser.add_argument("--check-lines", type=int, default=256)
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--budget-s", type=float, default=540,
+                        help="start no throughput stage later than this many seconds from the start, "
+                             "less MIN_STAGE_S, and end each by then (the device call's limit, less a margin)")
     args = parser.parse_args()
     # Its load report lists the pooler that the encoders here leave out; nothing else is missing.
     import transformers
@@ -253,24 +311,44 @@ def main():
     texts = [line for line in corpus.read_text(encoding="utf-8").splitlines() if line]
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.serve_dtype]
     dtypes = args.dtypes.split(",")
-    print(f"# {args.device}: {torch.cuda.get_device_name(args.device) if args.device.startswith('cuda') else 'cpu'}, "
-          f"torch {torch.__version__}, {len(texts)} corpus lines", flush=True)
+    print(f"# {args.device}: {device_name(args.device)}, torch {torch.__version__}, {len(texts)} corpus lines",
+          flush=True)
 
-    checks, speeds = [], []
+    report = Report(args.out, args.device)
+    def preflight():
+        return run_bertd(args.bertd, "encode", FIXTURES / "models" / "bert_tiny", args.device, "fp32",
+                         [{"text": texts[0], "text_pair": None}])
+
+    if report.stage("preflight", preflight) is None:
+        print("FAILED: bertd cannot compute on the device; nothing else was run", file=sys.stderr)
+        return 1
     for dtype in dtypes:
-        checks += fixture_checks(args.bertd, args.device, dtype)
+        checks = report.stage(f"fixtures {dtype}", lambda: fixture_checks(args.bertd, args.device, dtype))
+        report.add_checks(checks or [])
     for seed, shape in enumerate(args.shapes.split(",")):
-        model_dir = make_model(args.assets, shape, args.out, seed)
-        checks += shape_checks(args.bertd, model_dir, shape, texts[:args.check_lines], args.device, dtypes)
-        speeds.append({"model": shape, "dtype": args.serve_dtype,
-                       "ceiling": ceiling(model_dir, texts, args.device, torch_dtype),
-                       "bench": serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype,
-                                                corpus, args.concurrency, args.out)})
+        model_dir = report.stage(f"make {shape}", lambda: make_model(args.assets, shape, args.out, seed))
+        if model_dir is None:
+            continue
+        checks = report.stage(f"random {shape}", lambda: shape_checks(
+            args.bertd, model_dir, shape, texts[:args.check_lines], args.device, dtypes))
+        report.add_checks(checks or [])
+        left = report.left_s(args.budget_s)
+        if left < MIN_STAGE_S:
+            report.skip(f"throughput {shape}", f"{left:.0f} s of --budget-s left, under {MIN_STAGE_S}")
+        else:
+            def throughput():
+                raw = ceiling(model_dir, texts, args.device, torch_dtype)
+                bench = serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype, corpus,
+                                        args.concurrency, args.out, max(1, report.left_s(args.budget_s)))
+                return {"model": shape, "dtype": args.serve_dtype, "ceiling": raw, "bench": bench}
+            speed = report.stage(f"throughput {shape}", throughput)
+            if speed is not None:
+                report.data["speeds"].append(speed)
+                report.save()
         shutil.rmtree(model_dir)
-    (args.out / "gpu.json").write_text(json.dumps({"device": args.device, "checks": checks, "speeds": speeds},
-                                                  indent=2) + "\n")
-    print(table(checks, speeds))
-    failed = [c["check"] + " " + c["dtype"] for c in checks if not c["ok"]]
+    print(table(report.data["checks"], report.data["speeds"]))
+    failed = [c["check"] + " " + c["dtype"] for c in report.data["checks"] if not c["ok"]]
+    failed += [e["stage"] for e in report.data["errors"]]
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

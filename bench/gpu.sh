@@ -9,6 +9,9 @@
 # with target/gpu carried:
 #
 #   python3 bench/gpu.py --bertd target/gpu/bertd --assets target/gpu/assets --device cuda:0 --out "$OUT"
+#
+# It stops after one input when bertd cannot use the device, and writes $OUT/gpu.json after every
+# stage, so a call cut short still brings back what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/gpu

@@ -245,6 +245,7 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("gpu.json")).unwrap()).unwrap();
+    assert_eq!(report["errors"], serde_json::json!([]), "every stage ran");
     let checks = report["checks"].as_array().unwrap();
     let names: Vec<&str> = checks
         .iter()
@@ -278,4 +279,43 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     for run in runs {
         assert_eq!(run["inputs"], DRY_RUN_LINES);
     }
+}
+
+/// A device no machine has: bertd refuses it whether or not CUDA is there.
+const UNUSABLE_DEVICE: &str = "cuda:99";
+
+/// A lent GPU's minutes are scarce: when bertd cannot compute on the device, the script says why
+/// in its report and stops after one input, instead of failing every stage in turn.
+#[test]
+fn the_gpu_script_stops_at_its_preflight_when_bertd_cannot_use_the_device() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let assets = dir.path().join("assets");
+    std::fs::create_dir(&assets).unwrap();
+    write_corpus(&assets.join("corpus.txt"), DRY_RUN_LINES);
+    let out = dir.path().join("out");
+    let run = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("bench/gpu.py"))
+        .args(["--bertd", env!("CARGO_BIN_EXE_bertd")])
+        .args(["--assets", assets.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap()])
+        .args(["--device", UNUSABLE_DEVICE])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("nothing else was run"), "{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("gpu.json")).unwrap()).unwrap();
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["stage"], "preflight");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(UNUSABLE_DEVICE),
+        "the error names the device: {errors:?}"
+    );
+    assert_eq!(report["checks"], serde_json::json!([]));
 }
