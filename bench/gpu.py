@@ -10,6 +10,8 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/gpu_script.r
 2. Throughput: `bertd serve` on the device (fp16 on CUDA) driven by `bertd bench` over the corpus,
    beside the raw transformers forward on the same length-sorted, pre-tokenized batches of
    CEILING_BATCH inputs: the ceiling that tokenization, gRPC and batching should hide behind.
+3. The sweep behind the GPU's batching defaults: `bertd serve` again with each of --sweep's
+   settings (bigger batches, two workers per GPU), at --sweep-concurrency streams.
 
 One table on stdout, everything in OUT/gpu.json; the exit status is non-zero when a check fails
 or a stage cannot run (throughput is reported, not judged). A lent GPU is scarce, so one call
@@ -22,6 +24,7 @@ runs only within --budget-s of the start.
 usage: gpu.py --bertd BIN --assets DIR --device cuda:0 --out DIR
               [--dtypes fp32,fp16,bf16] [--serve-dtype fp16] [--shapes minilm,bert-base]
               [--check-lines 256] [--concurrency 1,8,32] [--budget-s 540]
+              [--sweep "FLAGS;FLAGS"] [--sweep-concurrency 32]
 """
 import argparse
 import json
@@ -50,6 +53,13 @@ CEILING_BATCH = 256
 SERVE_TIMEOUT_S = 300
 # The least time a throughput stage is started with (loading the model, then three runs).
 MIN_STAGE_S = 60
+# `bertd serve` settings tried against the defaults (64 inputs, 16,384 tokens, one worker): a
+# batch of CEILING_BATCH and more, and a second worker to overlap one batch's host work (tokens
+# in, vectors out) with another's forward.
+SWEEP = ("--max-batch-size 256 --max-batch-tokens 32768;"
+         "--max-batch-size 512 --max-batch-tokens 65536;"
+         "--workers-per-device 2;"
+         "--workers-per-device 2 --max-batch-size 256 --max-batch-tokens 32768")
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -202,18 +212,19 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out, timeout_s):
-    """`bertd serve` on the device with its default batching, driven by `bertd bench` for at
-    most TIMEOUT_S seconds."""
+def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out, timeout_s, flags=()):
+    """`bertd serve` on the device with its default batching (or FLAGS), driven by `bertd bench`
+    for at most TIMEOUT_S seconds."""
     port, metrics = free_port(), free_port()
     env = bertd_env()
     env["BERTD_TELEMETRY__METRICS_ADDR"] = f"127.0.0.1:{metrics}"
-    log = open(out / f"server-{model_dir.name}.log", "w")
+    name = "-".join([model_dir.name, *[f.lstrip("-") for f in flags]])
+    log = open(out / f"server-{name}.log", "w")
     server = subprocess.Popen([bertd, "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model_dir),
-                               "--devices", device, "--dtype", dtype, "--log-level", "warn"],
+                               "--devices", device, "--dtype", dtype, "--log-level", "warn", *flags],
                               stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        report = out / f"bench-{model_dir.name}.json"
+        report = out / f"bench-{name}.json"
         subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
                         "--concurrency", concurrency, "--metrics", f"127.0.0.1:{metrics}",
                         "--pid", str(server.pid), "--json", str(report),
@@ -275,15 +286,17 @@ def table(checks, speeds):
         raw = s["ceiling"]["inputs_per_s"]
         lines.append(f"| {s['model']} | {s['dtype']} | raw forward, batch {CEILING_BATCH} "
                      f"({s['ceiling']['tokens_per_input']:.0f} tokens/input) | {raw:.0f} | 1.00 | | | |")
-        for run in s["bench"]["runs"]:
-            padding = run["padding_ratio"]
-            lines.append(f"| {s['model']} | {s['dtype']} | bertd stream x{run['concurrency']} | "
-                         f"{run['inputs_per_s']:.0f} | {run['inputs_per_s'] / raw:.2f} | "
-                         f"{run['latency_ms_p50']:.1f} | {run['latency_ms_p99']:.1f} | "
-                         f"{'-' if padding is None else f'{padding:.3f}'} |")
-        rss = s["bench"].get("server_peak_rss_bytes")
-        if rss:
-            lines.append(f"| {s['model']} | {s['dtype']} | server peak RSS | {rss / 2**20:.0f} MiB | | | | |")
+        for flags, bench in [("", s["bench"])] + [(f"`{t['flags']}` ", t["bench"]) for t in s.get("sweep", [])]:
+            for run in bench["runs"]:
+                padding = run["padding_ratio"]
+                lines.append(f"| {s['model']} | {s['dtype']} | bertd {flags}stream x{run['concurrency']} | "
+                             f"{run['inputs_per_s']:.0f} | {run['inputs_per_s'] / raw:.2f} | "
+                             f"{run['latency_ms_p50']:.1f} | {run['latency_ms_p99']:.1f} | "
+                             f"{'-' if padding is None else f'{padding:.3f}'} |")
+            rss = bench.get("server_peak_rss_bytes")
+            if rss:
+                lines.append(f"| {s['model']} | {s['dtype']} | bertd {flags}server peak RSS | "
+                             f"{rss / 2**20:.0f} MiB | | | | |")
     return "\n".join(lines)
 
 
@@ -299,6 +312,8 @@ def main():
     parser.add_argument("--shapes", default="minilm,bert-base")
     parser.add_argument("--check-lines", type=int, default=256)
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--sweep", default=SWEEP, help="`bertd serve` flags to try, ';' between settings")
+    parser.add_argument("--sweep-concurrency", default="32")
     parser.add_argument("--budget-s", type=float, default=540,
                         help="start no throughput stage later than this many seconds from the start, "
                              "less MIN_STAGE_S, and end each by then (the device call's limit, less a margin)")
@@ -315,6 +330,7 @@ def main():
           flush=True)
 
     report = Report(args.out, args.device)
+
     def preflight():
         return run_bertd(args.bertd, "encode", FIXTURES / "models" / "bert_tiny", args.device, "fp32",
                          [{"text": texts[0], "text_pair": None}])
@@ -325,26 +341,48 @@ def main():
     for dtype in dtypes:
         checks = report.stage(f"fixtures {dtype}", lambda: fixture_checks(args.bertd, args.device, dtype))
         report.add_checks(checks or [])
+    # Correctness first, for every shape; then throughput, which the budget may cut short.
+    models = {}
     for seed, shape in enumerate(args.shapes.split(",")):
         model_dir = report.stage(f"make {shape}", lambda: make_model(args.assets, shape, args.out, seed))
         if model_dir is None:
             continue
+        models[shape] = model_dir
         checks = report.stage(f"random {shape}", lambda: shape_checks(
             args.bertd, model_dir, shape, texts[:args.check_lines], args.device, dtypes))
         report.add_checks(checks or [])
+
+    def within_budget(stage):
         left = report.left_s(args.budget_s)
         if left < MIN_STAGE_S:
-            report.skip(f"throughput {shape}", f"{left:.0f} s of --budget-s left, under {MIN_STAGE_S}")
-        else:
-            def throughput():
-                raw = ceiling(model_dir, texts, args.device, torch_dtype)
-                bench = serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype, corpus,
-                                        args.concurrency, args.out, max(1, report.left_s(args.budget_s)))
-                return {"model": shape, "dtype": args.serve_dtype, "ceiling": raw, "bench": bench}
-            speed = report.stage(f"throughput {shape}", throughput)
+            report.skip(stage, f"{left:.0f} s of --budget-s left, under {MIN_STAGE_S}")
+            return False
+        return True
+
+    def bench(model_dir, concurrency, flags=()):
+        return serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype, corpus, concurrency,
+                               args.out, max(1, report.left_s(args.budget_s)), flags)
+
+    speeds = {}
+    for shape, model_dir in models.items():
+        if within_budget(f"throughput {shape}"):
+            speed = report.stage(f"throughput {shape}", lambda: {
+                "model": shape, "dtype": args.serve_dtype,
+                "ceiling": ceiling(model_dir, texts, args.device, torch_dtype),
+                "bench": bench(model_dir, args.concurrency), "sweep": []})
             if speed is not None:
+                speeds[shape] = speed
                 report.data["speeds"].append(speed)
                 report.save()
+    for shape, speed in speeds.items():
+        for flags in [f for f in args.sweep.split(";") if f.strip()]:
+            stage = f"sweep {shape} {flags}"
+            if within_budget(stage):
+                run = report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency, flags.split()))
+                if run is not None:
+                    speed["sweep"].append({"flags": flags, "bench": run})
+                    report.save()
+    for model_dir in models.values():
         shutil.rmtree(model_dir)
     print(table(report.data["checks"], report.data["speeds"]))
     failed = [c["check"] + " " + c["dtype"] for c in report.data["checks"] if not c["ok"]]

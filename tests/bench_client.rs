@@ -17,6 +17,7 @@ const LINES: usize = 50;
 async fn bench_answers_every_input_in_each_run_and_reports_padding_and_memory() {
     let mut s = settings(&model_dir("bert_tiny"));
     s.telemetry.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    s.batching.max_batch_size = Some(MAX_BATCH_INPUTS);
     let server = serve(s).await;
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.txt");
@@ -52,6 +53,11 @@ async fn bench_answers_every_input_in_each_run_and_reports_padding_and_memory() 
             );
             assert!(p50 > 0.0 && p50 <= p99, "{p50} {p99}");
             assert!(run["forward_ms_mean"].as_f64().unwrap() > 0.0, "{run}");
+            let per_batch = run["batch_inputs_mean"].as_f64().unwrap();
+            assert!(
+                (1.0..=MAX_BATCH_INPUTS as f64).contains(&per_batch),
+                "{run}"
+            );
             let rss = |field: &str| run[field].as_u64().unwrap();
             assert!(rss("server_rss_bytes_start") > 0, "{run}");
             assert!(
@@ -65,6 +71,9 @@ async fn bench_answers_every_input_in_each_run_and_reports_padding_and_memory() 
         }
     }
 }
+
+/// The server's batch limit in the bench test (below what a concurrency of 3 could fill).
+const MAX_BATCH_INPUTS: usize = 8;
 
 /// Times the corpus is cycled through in the `--inputs` run.
 const CYCLES: usize = 3;
@@ -88,7 +97,14 @@ async fn bench_cycles_through_the_corpus_for_the_inputs_asked() {
     let run = &report["runs"][0];
     assert_eq!(run["inputs"], inputs);
     // Without --metrics and --pid, what they would measure is absent rather than made up.
-    assert!(run["forward_ms_mean"].is_null() && run["server_rss_bytes_max"].is_null());
+    for field in [
+        "padding_ratio",
+        "forward_ms_mean",
+        "batch_inputs_mean",
+        "server_rss_bytes_max",
+    ] {
+        assert!(run[field].is_null(), "{field}: {run}");
+    }
 }
 
 /// The variables that pick the kernels' instruction sets, which the bench scripts' machine line
@@ -208,6 +224,9 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
 
 /// Corpus lines of the GPU script's dry run: its checks and its throughput runs.
 const DRY_RUN_LINES: usize = 48;
+/// The one batching setting the dry run sweeps (a GPU run sweeps bigger batches and workers).
+const SWEPT: &str = "--max-batch-size 4";
+const SWEPT_BATCH: u64 = 4;
 
 /// bench/gpu.py, the script a lent GPU machine runs, run here on CPU: the same code path with
 /// `--device cpu` (only the device and the precisions differ), so that it is ready when a GPU is.
@@ -241,7 +260,8 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
                 "--serve-dtype",
                 "fp32",
             ])
-            .args(["--shapes", "minilm", "--concurrency", "1,2"]),
+            .args(["--shapes", "minilm", "--concurrency", "1,2"])
+            .args(["--sweep", SWEPT, "--sweep-concurrency", "2"]),
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("gpu.json")).unwrap()).unwrap();
@@ -279,6 +299,17 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     for run in runs {
         assert_eq!(run["inputs"], DRY_RUN_LINES);
     }
+    let sweep = speed["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 1, "one entry per swept setting: {sweep:?}");
+    assert_eq!(sweep[0]["flags"], SWEPT);
+    let swept = &sweep[0]["bench"]["runs"][0];
+    assert_eq!(swept["concurrency"], 2);
+    assert_eq!(swept["inputs"], DRY_RUN_LINES);
+    // The swept setting was the one served: no batch above its limit.
+    assert!(
+        swept["batch_inputs_mean"].as_f64().unwrap() <= SWEPT_BATCH as f64,
+        "{swept}"
+    );
 }
 
 /// A device no machine has: bertd refuses it whether or not CUDA is there.

@@ -83,6 +83,8 @@ struct Run {
     padding_ratio: Option<f64>,
     /// The server's mean forward time per batch during the run.
     forward_ms_mean: Option<f64>,
+    /// The server's mean inputs per batch during the run: whether its batches fill.
+    batch_inputs_mean: Option<f64>,
     /// The server's resident memory before the run, at most during it, and after it.
     server_rss_bytes_start: Option<u64>,
     server_rss_bytes_max: Option<u64>,
@@ -171,13 +173,14 @@ async fn measure(
         Some(task) => Some(task.await??),
         None => None,
     };
-    let (padding_ratio, forward_ms_mean) = match (&args.metrics, before) {
+    let batches = match (&args.metrics, before) {
         (Some(addr), Some(before)) => Counters::scrape(addr).await?.since(&before),
-        _ => (None, None),
+        _ => Batches::default(),
     };
     let run = Run {
-        padding_ratio,
-        forward_ms_mean,
+        padding_ratio: batches.padding_ratio,
+        forward_ms_mean: batches.forward_ms_mean,
+        batch_inputs_mean: batches.inputs_mean,
         server_rss_bytes_start: rss.map(|r| r.0),
         server_rss_bytes_max: rss.map(|r| r.1),
         server_rss_bytes_end: rss.map(|r| r.2),
@@ -185,7 +188,7 @@ async fn measure(
     };
     let shown = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
     eprintln!(
-        "{:?} x{}: {:.1} inputs/s, {:.0} tokens/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, padding ratio {}, forward {} ms/batch, RSS max {} MiB",
+        "{:?} x{}: {:.1} inputs/s, {:.0} tokens/s, p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, padding ratio {}, forward {} ms/batch, {} inputs/batch, RSS max {} MiB",
         run.mode,
         run.concurrency,
         run.inputs_per_s,
@@ -195,6 +198,7 @@ async fn measure(
         run.latency_ms_p99,
         shown(run.padding_ratio),
         shown(run.forward_ms_mean),
+        shown(run.batch_inputs_mean),
         run.server_rss_bytes_max
             .map_or("-".to_string(), |b| (b >> 20).to_string()),
     );
@@ -386,6 +390,7 @@ async fn run(
         latency_ms_p99: percentile(99),
         padding_ratio: None,
         forward_ms_mean: None,
+        batch_inputs_mean: None,
         server_rss_bytes_start: None,
         server_rss_bytes_max: None,
         server_rss_bytes_end: None,
@@ -397,7 +402,18 @@ struct Counters {
     real_tokens: f64,
     padded_tokens: f64,
     forward_seconds: f64,
+    forwards: f64,
+    batch_inputs: f64,
     batches: f64,
+}
+
+/// The server's batches during a run, from its counters before and after (`None`: no batch).
+#[derive(Default)]
+struct Batches {
+    /// Real over padded tokens.
+    padding_ratio: Option<f64>,
+    forward_ms_mean: Option<f64>,
+    inputs_mean: Option<f64>,
 }
 
 impl Counters {
@@ -425,19 +441,25 @@ impl Counters {
             real_tokens: sum("bertd_tokens_computed_total"),
             padded_tokens: sum("bertd_batch_padded_tokens_sum"),
             forward_seconds: sum("bertd_batch_forward_duration_seconds_sum"),
-            batches: sum("bertd_batch_forward_duration_seconds_count"),
+            // A failed batch's halves each count as a forward, not as a batch.
+            forwards: sum("bertd_batch_forward_duration_seconds_count"),
+            batch_inputs: sum("bertd_batch_size_inputs_sum"),
+            batches: sum("bertd_batch_size_inputs_count"),
         })
     }
 
-    /// Real over padded tokens, and the mean forward time in ms, since `before`.
-    fn since(&self, before: &Self) -> (Option<f64>, Option<f64>) {
+    /// What the server's batches were since `before`.
+    fn since(&self, before: &Self) -> Batches {
         let padded = self.padded_tokens - before.padded_tokens;
+        let forwards = self.forwards - before.forwards;
         let batches = self.batches - before.batches;
-        (
-            (padded > 0.0).then(|| (self.real_tokens - before.real_tokens) / padded),
-            (batches > 0.0)
-                .then(|| (self.forward_seconds - before.forward_seconds) / batches * 1e3),
-        )
+        Batches {
+            padding_ratio: (padded > 0.0).then(|| (self.real_tokens - before.real_tokens) / padded),
+            forward_ms_mean: (forwards > 0.0)
+                .then(|| (self.forward_seconds - before.forward_seconds) / forwards * 1e3),
+            inputs_mean: (batches > 0.0)
+                .then(|| (self.batch_inputs - before.batch_inputs) / batches),
+        }
     }
 }
 
