@@ -228,14 +228,11 @@ const DRY_RUN_LINES: usize = 48;
 const SWEPT: &str = "--max-batch-size 4";
 const SWEPT_BATCH: u64 = 4;
 
-/// bench/gpu.py, the script a lent GPU machine runs, run here on CPU: the same code path with
-/// `--device cpu` (only the device and the precisions differ), so that it is ready when a GPU is.
-#[test]
-fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
+/// bench/gpu.py run on what bench/gpu.sh carries, made in `dir`: the default model without
+/// its weights (`assets/model`), and a corpus; its report goes to `dir/out`.
+fn gpu_script(dir: &Path) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = tempfile::tempdir().unwrap();
-    // What bench/gpu.sh carries: the default model without its weights, and a corpus.
-    let assets = dir.path().join("assets");
+    let assets = dir.join("assets");
     std::fs::create_dir(&assets).unwrap();
     succeed(
         Command::new("cp")
@@ -245,13 +242,29 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     );
     std::fs::remove_file(assets.join("model/model.safetensors")).unwrap();
     write_corpus(&assets.join("corpus.txt"), DRY_RUN_LINES);
-    let out = dir.path().join("out");
+    let mut script = Command::new(root.join(".venv/bin/python"));
+    script
+        .arg(root.join("bench/gpu.py"))
+        .args(["--bertd", env!("CARGO_BIN_EXE_bertd")])
+        .arg("--assets")
+        .arg(&assets)
+        .arg("--out")
+        .arg(dir.join("out"));
+    script
+}
+
+/// The report bench/gpu.py wrote in `dir/out`.
+fn gpu_report(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("out/gpu.json")).unwrap()).unwrap()
+}
+
+/// bench/gpu.py, the script a lent GPU machine runs, run here on CPU: the same code path with
+/// `--device cpu` (only the device and the precisions differ), so that it is ready when a GPU is.
+#[test]
+fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
+    let dir = tempfile::tempdir().unwrap();
     succeed(
-        Command::new(root.join(".venv/bin/python"))
-            .arg(root.join("bench/gpu.py"))
-            .args(["--bertd", env!("CARGO_BIN_EXE_bertd")])
-            .args(["--assets", assets.to_str().unwrap()])
-            .args(["--out", out.to_str().unwrap()])
+        gpu_script(dir.path())
             .args([
                 "--device",
                 "cpu",
@@ -263,8 +276,7 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
             .args(["--shapes", "minilm", "--concurrency", "1,2"])
             .args(["--sweep", SWEPT, "--sweep-concurrency", "2"]),
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("gpu.json")).unwrap()).unwrap();
+    let report = gpu_report(dir.path());
     assert_eq!(report["errors"], serde_json::json!([]), "every stage ran");
     let checks = report["checks"].as_array().unwrap();
     let names: Vec<&str> = checks
@@ -319,25 +331,15 @@ const UNUSABLE_DEVICE: &str = "cuda:99";
 /// in its report and stops after one input, instead of failing every stage in turn.
 #[test]
 fn the_gpu_script_stops_at_its_preflight_when_bertd_cannot_use_the_device() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let assets = dir.path().join("assets");
-    std::fs::create_dir(&assets).unwrap();
-    write_corpus(&assets.join("corpus.txt"), DRY_RUN_LINES);
-    let out = dir.path().join("out");
-    let run = Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("bench/gpu.py"))
-        .args(["--bertd", env!("CARGO_BIN_EXE_bertd")])
-        .args(["--assets", assets.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap()])
+    let run = gpu_script(dir.path())
         .args(["--device", UNUSABLE_DEVICE])
         .output()
         .unwrap();
     assert!(!run.status.success());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("nothing else was run"), "{stderr}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("gpu.json")).unwrap()).unwrap();
+    let report = gpu_report(dir.path());
     let errors = report["errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["stage"], "preflight");
