@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The CUDA path, proven in one call on a lent GPU machine that builds nothing (bench/gpu.sh
 prepares what travels: a stripped `bertd`, the default model's tokenizer and configs without its
-weights, a corpus). The same script runs on CPU as a dry run (tests/gpu_script.rs).
+weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client.rs).
 
 1. Correctness: the test fixtures, and models with random weights in the all-MiniLM-L6-v2 and
    bert-base shapes made here with transformers, go through `bertd encode`/`bertd classify` on the
@@ -280,23 +280,25 @@ def table(checks, speeds):
     for c in checks:
         lines.append(f"| {c['check']} | {c['dtype']} | {c['inputs']} | {c['max_abs_diff']:.2e} | "
                      f"{c['min_cosine']:.6f} | {'yes' if c['ok'] else 'NO'} |")
-    lines += ["", "| model | dtype | what | inputs/s | vs raw forward | p50 ms | p99 ms | padding ratio |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | dtype | what | inputs/s | vs raw forward | p50 ms | p99 ms | padding ratio "
+                  "| inputs/batch |", "|---|---|---|---|---|---|---|---|---|"]
     for s in speeds:
         raw = s["ceiling"]["inputs_per_s"]
         lines.append(f"| {s['model']} | {s['dtype']} | raw forward, batch {CEILING_BATCH} "
-                     f"({s['ceiling']['tokens_per_input']:.0f} tokens/input) | {raw:.0f} | 1.00 | | | |")
+                     f"({s['ceiling']['tokens_per_input']:.0f} tokens/input) | {raw:.0f} | 1.00 | | | | "
+                     f"{CEILING_BATCH} |")
         for flags, bench in [("", s["bench"])] + [(f"`{t['flags']}` ", t["bench"]) for t in s.get("sweep", [])]:
             for run in bench["runs"]:
-                padding = run["padding_ratio"]
+                padding, per_batch = run["padding_ratio"], run["batch_inputs_mean"]
                 lines.append(f"| {s['model']} | {s['dtype']} | bertd {flags}stream x{run['concurrency']} | "
                              f"{run['inputs_per_s']:.0f} | {run['inputs_per_s'] / raw:.2f} | "
                              f"{run['latency_ms_p50']:.1f} | {run['latency_ms_p99']:.1f} | "
-                             f"{'-' if padding is None else f'{padding:.3f}'} |")
+                             f"{'-' if padding is None else f'{padding:.3f}'} | "
+                             f"{'-' if per_batch is None else f'{per_batch:.1f}'} |")
             rss = bench.get("server_peak_rss_bytes")
             if rss:
                 lines.append(f"| {s['model']} | {s['dtype']} | bertd {flags}server peak RSS | "
-                             f"{rss / 2**20:.0f} MiB | | | | |")
+                             f"{rss / 2**20:.0f} MiB | | | | | |")
     return "\n".join(lines)
 
 
