@@ -24,13 +24,13 @@ for round in $(seq "$ROUNDS"); do
   variant=0
   for flags in "$@"; do
     variant=$((variant + 1))
-    binary=./target/release/bertd
+    binary=$BERTD label=
     if [[ $flags == bertd=* ]]; then
       read -r binary flags <<< "$flags"
-      binary=${binary#bertd=}
+      binary=${binary#bertd=} label="$binary "
     fi
     # shellcheck disable=SC2086 # the flags are words on purpose
     BERTD=$binary bench_server "$OUT/$round-$variant.json" $flags 2> /dev/null
-    table_rows "$OUT/$round-$variant.json" "$st" "$round" "$([[ $binary == ./target/release/bertd ]] || echo "$binary ")${flags:-(default)}"
+    table_rows "$OUT/$round-$variant.json" "$st" "$round" "$label${flags:-(default)}"
   done
 done

@@ -75,11 +75,8 @@ impl Room {
         }
     }
 
-    /// Raises the default limit to what `addresses` addresses need; a given limit stays.
+    /// Raises the limit to what `addresses` addresses need (`pending_limit`: a given limit stays).
     fn follow(&mut self, settings: &Settings, addresses: usize) {
-        if settings.max_pending.is_some() {
-            return;
-        }
         let limit = settings.pending_limit(addresses);
         if limit > self.granted {
             self.permits.add_permits(limit - self.granted);
