@@ -749,7 +749,7 @@ async fn reflection_lists_every_service() {
 async fn several_workers_share_one_queue_and_give_the_same_results() {
     let refs = references("bert_tiny");
     let mut s = settings(&model_dir("bert_tiny"));
-    s.engine.workers_per_device = 2;
+    s.engine.workers_per_device = Some(2);
     s.engine.cpu_threads = 2; // one libtorch thread each
     s.batching.max_batch_size = Some(4);
     let server = serve(s).await;

@@ -196,7 +196,7 @@ fn the_rendered_configuration_is_one_bertd_accepts() {
         .map(|d| d.to_string())
         .collect();
     assert_eq!(devices, ["cuda:0", "cuda:1"]);
-    assert_eq!(printed.engine.workers_per_device, 2);
+    assert_eq!(printed.engine.workers_per_device, Some(2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::replica::cpu_cores;
 use crate::engine::{DType, DenseKernel, DeviceSpec};
 
 pub mod security;
@@ -218,8 +219,9 @@ impl BatchDefaults {
 pub struct EngineSettings {
     /// Devices to run workers on.
     pub devices: Vec<DeviceSpec>,
-    /// Workers (model replicas, each on its own thread) per device.
-    pub workers_per_device: usize,
+    /// Workers (model replicas, each on its own thread) per device; unset: the measured default
+    /// for the devices and dtype ([`EngineSettings::workers_per_device`]).
+    pub workers_per_device: Option<usize>,
     /// fp32; fp16 on CUDA; bf16 on CUDA or a CPU with AVX512-BF16 or AMX.
     pub dtype: DType,
     /// What computes the dense layers: auto (oneDNN on a CPU, libtorch's `linear` on CUDA),
@@ -237,13 +239,31 @@ impl Default for EngineSettings {
     fn default() -> Self {
         EngineSettings {
             devices: vec![DeviceSpec(tch::Device::Cpu)],
-            workers_per_device: 1,
+            workers_per_device: None,
             dtype: DType::F32,
             dense_kernel: DenseKernel::Auto,
             cpu_threads: 0,
             restart_backoff_ms: 100,
             max_restart_backoff_ms: 10_000,
         }
+    }
+}
+
+impl EngineSettings {
+    /// Workers per device: as configured, else as measured (BENCHMARKS.md, "bf16 on a CPU with
+    /// AMX"). One with every core, except bf16 on CPUs with two cores or more: there two workers,
+    /// each with half the cores, computed 40% more inputs/s than one on 2 cores, at the same idle
+    /// latency. In fp32 two workers gain 3-6% and cost an idle server 75% more latency (a short
+    /// sentence's fp32 forward needs both cores), so fp32 keeps one. GPUs: not yet measured.
+    pub fn workers_per_device(&self) -> usize {
+        self.workers_per_device.unwrap_or_else(|| {
+            let cpus_only = self.devices.iter().all(|d| d.0 == tch::Device::Cpu);
+            if cpus_only && self.dtype == DType::Bf16 && cpu_cores(self.cpu_threads) >= 2 {
+                2
+            } else {
+                1
+            }
+        })
     }
 }
 
@@ -470,7 +490,10 @@ impl Settings {
                 self.batching.stream_queue_capacity,
             ),
             ("batching.stream_window", self.batching.stream_window),
-            ("engine.workers_per_device", self.engine.workers_per_device),
+            (
+                "engine.workers_per_device",
+                self.engine.workers_per_device(),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -567,10 +590,11 @@ impl Settings {
         Ok(max)
     }
 
-    /// The effective configuration as TOML, secrets redacted, with the batch limits the devices
-    /// chose when the configuration set none.
+    /// The effective configuration as TOML, secrets redacted, with the batch limits and workers
+    /// the devices chose when the configuration set none.
     pub fn to_redacted_toml(&self) -> String {
         let mut effective = self.clone();
+        effective.engine.workers_per_device = Some(self.engine.workers_per_device());
         effective.batching.max_batch_size = Some(self.max_batch_size());
         effective.batching.max_batch_tokens = Some(self.max_batch_tokens());
         let mut value = toml::Value::try_from(&effective).expect("settings serialize");
@@ -737,6 +761,34 @@ mod tests {
             "the operator's budget stays"
         );
         assert!(chosen.max_input_tokens(LONG_MODEL).is_err());
+    }
+
+    #[test]
+    fn bf16_on_cpus_defaults_to_two_workers_and_everything_else_to_one_unless_set() {
+        const TWO_CORES: usize = 2;
+        let engine = |dtype: DType, device: &str, cpu_threads: usize| EngineSettings {
+            devices: vec![device.parse().unwrap()],
+            dtype,
+            cpu_threads,
+            ..EngineSettings::default()
+        };
+        assert_eq!(engine(DType::F32, "cpu", TWO_CORES).workers_per_device(), 1);
+        assert_eq!(
+            engine(DType::Bf16, "cpu", TWO_CORES).workers_per_device(),
+            2
+        );
+        assert_eq!(
+            engine(DType::Bf16, "cpu", 1).workers_per_device(),
+            1,
+            "one core"
+        );
+        assert_eq!(
+            engine(DType::Bf16, "cuda:0", TWO_CORES).workers_per_device(),
+            1
+        );
+        let mut set = engine(DType::Bf16, "cpu", TWO_CORES);
+        set.workers_per_device = Some(3);
+        assert_eq!(set.workers_per_device(), 3);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct ReplicaPlan {
     pub cpu_threads: usize,
     /// Inputs in the warm-up batch.
     pub warm_up_batch: usize,
+    /// The most tokens a batch holds (the token budget): how far the warm-up builds kernels.
+    pub warm_up_tokens: usize,
 }
 
 impl ReplicaPlan {
@@ -47,11 +49,7 @@ impl ReplicaPlan {
         }
         let cpu_workers =
             self.devices.iter().filter(|d| d.0 == Device::Cpu).count() * self.workers_per_device;
-        let cores = match self.cpu_threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        (cores / cpu_workers.max(1)).max(1)
+        (cpu_cores(self.cpu_threads) / cpu_workers.max(1)).max(1)
     }
 
     /// Loads and warms up worker `index`'s replica. Called on the worker's own thread: libtorch's
@@ -81,12 +79,23 @@ impl ReplicaPlan {
             })?;
         let model = Model::load(self.spec.clone(), device.0, self.dtype.kind(), kernel)?;
         let engine = Engine::new(model);
-        warm_up(&engine, self.warm_up_batch).map_err(|e| ModelError::Device {
-            device: device.to_string(),
-            reason: format!("warm-up failed: {e}"),
+        warm_up(&engine, self.warm_up_batch, self.warm_up_tokens).map_err(|e| {
+            ModelError::Device {
+                device: device.to_string(),
+                reason: format!("warm-up failed: {e}"),
+            }
         })?;
         tracing::info!(worker = index, %device, threads, ?kernel, "replica ready");
         Ok(engine)
+    }
+}
+
+/// The CPU threads libtorch's workers share: `cpu_threads` (engine.cpu_threads), 0 meaning every
+/// core.
+pub fn cpu_cores(cpu_threads: usize) -> usize {
+    match cpu_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
@@ -99,10 +108,33 @@ fn set_thread_count(threads: usize) {
     tch::set_num_threads(threads as i32);
 }
 
-/// One batch at a typical length.
-fn warm_up(engine: &Engine, batch: usize) -> Result<(), super::EngineError> {
+/// One batch at a typical length. Where the model pads its rows to buckets (bf16 on oneDNN), also
+/// one batch of each bucket up to `max_tokens`, the token budget: oneDNN builds a kernel per row
+/// count at its first use, 6-10 ms each in bf16, which the first minutes of traffic would
+/// otherwise pay (BENCHMARKS.md).
+fn warm_up(engine: &Engine, batch: usize, max_tokens: usize) -> Result<(), super::EngineError> {
     let spec = engine.model().spec();
-    let len = spec.max_length.min(32);
+    run_warm_up_batch(engine, batch.clamp(1, 8), spec.max_length.min(32))?;
+    let bucket = engine.model().row_bucket() as usize;
+    for (inputs, len) in bucket_batches(bucket, spec.max_length, max_tokens) {
+        run_warm_up_batch(engine, inputs, len)?;
+    }
+    Ok(())
+}
+
+/// Batches (inputs, tokens each) whose token counts are the multiples of `bucket` up to
+/// `max_tokens`, one each; none when rows are not padded (`bucket` 1).
+fn bucket_batches(bucket: usize, max_length: usize, max_tokens: usize) -> Vec<(usize, usize)> {
+    if bucket <= 1 {
+        return Vec::new();
+    }
+    let len = bucket.min(max_length);
+    (1..=max_tokens / len).map(|inputs| (inputs, len)).collect()
+}
+
+/// `inputs` inputs of `len` tokens each through the model.
+fn run_warm_up_batch(engine: &Engine, inputs: usize, len: usize) -> Result<(), super::EngineError> {
+    let spec = engine.model().spec();
     let tokens = Tokenized {
         ids: vec![0; len],
         type_ids: vec![0; len],
@@ -114,7 +146,7 @@ fn warm_up(engine: &Engine, batch: usize) -> Result<(), super::EngineError> {
         layer: spec.num_layers(),
         dimensions: None,
     });
-    let inputs: Vec<EngineInput> = (0..batch.clamp(1, 8))
+    let inputs: Vec<EngineInput> = (0..inputs)
         .map(|_| EngineInput {
             tokens: &tokens,
             task: &task,
@@ -130,7 +162,25 @@ mod tests {
 
     use tch::{Kind, Tensor};
 
-    use super::set_thread_count;
+    use super::{bucket_batches, set_thread_count};
+
+    /// The CPU's default token budget, and a model's longest input.
+    const MAX_TOKENS: usize = 1_024;
+    const MAX_LENGTH: usize = 512;
+    const BUCKET: usize = 16;
+
+    #[test]
+    fn the_warm_up_computes_every_row_bucket_up_to_the_token_budget_and_none_unpadded() {
+        let rows: std::collections::BTreeSet<usize> =
+            bucket_batches(BUCKET, MAX_LENGTH, MAX_TOKENS)
+                .into_iter()
+                .map(|(inputs, len)| (inputs * len).div_ceil(BUCKET) * BUCKET)
+                .collect();
+        let every_bucket: std::collections::BTreeSet<usize> =
+            (1..=MAX_TOKENS / BUCKET).map(|n| n * BUCKET).collect();
+        assert_eq!(rows, every_bucket);
+        assert!(bucket_batches(1, MAX_LENGTH, MAX_TOKENS).is_empty());
+    }
 
     /// Elements enough for ATen to split a reduction between threads.
     const PARALLEL_ELEMENTS: i64 = 1 << 20;

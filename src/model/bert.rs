@@ -142,11 +142,12 @@ impl SelfAttention {
         }
     }
 
-    /// `key_mask`: bool [batch, 1, 1, seq], true where a key is a real token.
-    fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
-        let (batch, seq, hidden) = x.size3().expect("hidden states are [batch, seq, hidden]");
+    /// `x`: the batch's rows ([`Rows`]); `key_mask`: bool [batch, 1, 1, seq], true where a key
+    /// is a real token.
+    fn forward(&self, x: &Tensor, rows: &Rows, key_mask: &Tensor) -> Tensor {
         let heads = |t: Tensor| {
-            t.view([batch, seq, self.num_heads, self.head_dim])
+            rows.unpadded(&t)
+                .view([rows.batch, rows.seq, self.num_heads, self.head_dim])
                 .transpose(1, 2)
         };
         let q = heads(self.query.forward(x));
@@ -162,10 +163,7 @@ impl SelfAttention {
             None,
             false,
         );
-        context
-            .transpose(1, 2)
-            .contiguous()
-            .view([batch, seq, hidden])
+        rows.padded(&context.transpose(1, 2))
     }
 }
 
@@ -186,8 +184,8 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
-        let attended = self.self_attention.forward(x, key_mask);
+    fn forward(&self, x: &Tensor, rows: &Rows, key_mask: &Tensor) -> Tensor {
+        let attended = self.self_attention.forward(x, rows, key_mask);
         self.output_norm
             .forward(&(self.output_dense.forward(&attended) + x))
     }
@@ -228,8 +226,8 @@ impl Layer {
         }
     }
 
-    fn forward(&self, x: &Tensor, key_mask: &Tensor) -> Tensor {
-        let attended = self.attention.forward(x, key_mask);
+    fn forward(&self, x: &Tensor, rows: &Rows, key_mask: &Tensor) -> Tensor {
+        let attended = self.attention.forward(x, rows, key_mask);
         let inner = self.intermediate.forward_fused(&attended, self.activation);
         self.output_norm
             .forward(&(self.output_dense.forward(&inner) + attended))
@@ -267,14 +265,72 @@ impl HiddenStates {
     }
 }
 
+/// A batch's hidden states as the dense layers take them: one row per token, [rows, hidden],
+/// where the first `batch * seq` rows are the tokens in order and any rows after them are padding
+/// that only the row-wise operations (products, additions, LayerNorm) compute and nothing reads.
+///
+/// Why pad rows: oneDNN builds a kernel for every row count it is given, and for bf16 on AMX that
+/// takes 6-10 ms, against about 1 ms to compute a product of 1,024 rows (BENCHMARKS.md). Batches
+/// take hundreds of different token counts, so unpadded, a bf16 server spends its first minutes
+/// building kernels, and a mix wider than oneDNN's primitive cache (1,024) keeps building them.
+/// Rounded up to a multiple of a bucket, the row counts are few enough to build at warm-up.
+struct Rows {
+    batch: i64,
+    seq: i64,
+    /// `batch * seq`: the real rows.
+    tokens: i64,
+    /// `tokens` rounded up to the model's row bucket.
+    rows: i64,
+}
+
+impl Rows {
+    fn new(batch: i64, seq: i64, bucket: i64) -> Self {
+        let tokens = batch * seq;
+        Rows {
+            batch,
+            seq,
+            tokens,
+            rows: round_up(tokens, bucket),
+        }
+    }
+
+    /// [batch, seq, ..] from [rows, ..]: a view, without the padding rows.
+    fn unpadded(&self, x: &Tensor) -> Tensor {
+        let width = *x.size().last().expect("rows are [rows, width]");
+        x.narrow(0, 0, self.tokens)
+            .view([self.batch, self.seq, width])
+    }
+
+    /// [rows, hidden] from [batch, seq, ..] (any strides), the padding rows zero: one copy, which
+    /// making the attention's heads contiguous again costs anyway.
+    fn padded(&self, x: &Tensor) -> Tensor {
+        let size = x.size();
+        let width: i64 = size[2..].iter().product();
+        if self.rows == self.tokens {
+            return x.contiguous().view([self.tokens, width]);
+        }
+        let out = Tensor::empty([self.rows, width], (x.kind(), x.device()));
+        out.narrow(0, 0, self.tokens).view(size.as_slice()).copy_(x);
+        let _ = out.narrow(0, self.tokens, self.rows - self.tokens).zero_();
+        out
+    }
+}
+
+/// `n` rounded up to a multiple of `bucket` (1: unchanged).
+fn round_up(n: i64, bucket: i64) -> i64 {
+    (n + bucket - 1) / bucket * bucket
+}
+
 pub struct BertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pub pooler: Option<Pooler>,
+    /// The dense layers' row counts are multiples of this ([`Rows`]); 1: no padding rows.
+    row_bucket: i64,
 }
 
 impl BertModel {
-    pub fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel) -> Self {
+    pub fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel, row_bucket: i64) -> Self {
         let activation = c.activation().expect("validated with the config");
         let encoder = scope.sub("encoder").sub("layer");
         BertModel {
@@ -285,6 +341,7 @@ impl BertModel {
             pooler: scope
                 .contains("pooler.dense.weight")
                 .then(|| Pooler::load(&scope.sub("pooler"), c, kernel)),
+            row_bucket: row_bucket.max(1),
         }
     }
 
@@ -292,8 +349,18 @@ impl BertModel {
         self.layers.len()
     }
 
-    /// Runs the encoder up to the deepest layer in `keep`, keeping the hidden states listed there.
-    /// `attention_mask`: [batch, seq], 1 for real tokens, 0 for padding.
+    pub fn row_bucket(&self) -> i64 {
+        self.row_bucket
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_row_bucket(&mut self, bucket: i64) {
+        self.row_bucket = bucket;
+    }
+
+    /// Runs the encoder up to the deepest layer in `keep`, keeping the hidden states listed there
+    /// ([batch, seq, hidden] each). `attention_mask`: [batch, seq], 1 for real tokens, 0 for
+    /// padding.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -307,14 +374,16 @@ impl BertModel {
             .to_kind(tch::Kind::Bool)
             .unsqueeze(1)
             .unsqueeze(1);
-        let mut x = self.embeddings.forward(input_ids, token_type_ids);
+        let (batch, seq) = input_ids.size2().expect("input ids are [batch, seq]");
+        let rows = Rows::new(batch, seq, self.row_bucket);
+        let mut x = rows.padded(&self.embeddings.forward(input_ids, token_type_ids));
         if keep.contains(&0) {
-            states[0] = Some(x.shallow_clone());
+            states[0] = Some(rows.unpadded(&x));
         }
         for (i, layer) in self.layers.iter().enumerate().take(deepest) {
-            x = layer.forward(&x, &key_mask);
+            x = layer.forward(&x, &rows, &key_mask);
             if keep.contains(&(i + 1)) {
-                states[i + 1] = Some(x.shallow_clone());
+                states[i + 1] = Some(rows.unpadded(&x));
             }
         }
         HiddenStates { states }

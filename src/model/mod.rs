@@ -28,6 +28,17 @@ pub enum LinearKernel {
     OneDnn,
 }
 
+/// The row bucket ([`bert`]'s `Rows`) of a model computing in `kind` with `kernel`: 16 (an AMX
+/// tile's rows) where oneDNN computes in bf16, whose kernels take 6-10 ms each to build; none
+/// elsewhere. fp32's oneDNN kernels build in about 1 ms and cuBLAS needs no building, so there
+/// padding rows would cost more than they save.
+pub fn row_bucket(kernel: LinearKernel, kind: Kind) -> i64 {
+    match (kernel, kind) {
+        (LinearKernel::OneDnn, Kind::BFloat16) => 16,
+        _ => 1,
+    }
+}
+
 impl LinearKernel {
     /// Whether `OneDnn` can compute on `device`: a CPU, with a libtorch that has the oneDNN
     /// operators it calls.
@@ -112,7 +123,7 @@ impl Model {
         }
         let weights = Weights::load(&spec.dir, device, kind)?;
         let config = &spec.config;
-        let bert = BertModel::load(&weights.encoder(), config, kernel);
+        let bert = BertModel::load(&weights.encoder(), config, kernel, row_bucket(kernel, kind));
         let classifier = spec.classifier.as_ref().map(|c| {
             Linear::load(
                 &weights.root().sub("classifier"),
@@ -154,6 +165,11 @@ impl Model {
         self.bert.num_layers()
     }
 
+    /// A forward's dense layers compute a multiple of this many rows (1: exactly its tokens).
+    pub fn row_bucket(&self) -> i64 {
+        self.bert.row_bucket()
+    }
+
     pub fn encode(
         &self,
         input_ids: &Tensor,
@@ -170,5 +186,57 @@ impl Model {
         let pooler = self.bert.pooler.as_ref()?;
         let classifier = self.classifier.as_ref()?;
         Some(classifier.forward(&pooler.forward(last_hidden)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three inputs of five tokens: 15 rows, a multiple of none of the buckets.
+    const BATCH: i64 = 3;
+    const SEQ: i64 = 5;
+    const BUCKETS: [i64; 3] = [16, 7, 64];
+    /// What a different row count may change in an fp32 product's rounding.
+    const TOLERANCE: f64 = 1e-6;
+
+    #[test]
+    fn padding_the_rows_to_a_bucket_leaves_every_hidden_state_unchanged() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/bert_tiny");
+        let spec = Arc::new(ModelSpec::load(&dir).unwrap());
+        tch::manual_seed(11);
+        let input_ids = Tensor::randint(
+            spec.config.vocab_size,
+            [BATCH, SEQ],
+            (Kind::Int64, Device::Cpu),
+        );
+        let token_type_ids = input_ids.zeros_like();
+        // The second input is two tokens shorter, the third four: padding keys as well as rows.
+        let attention_mask = Tensor::from_slice2(&[[1i64; 5], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]);
+        let keep: Vec<usize> = (0..=spec.num_layers()).collect();
+        let mut kernels = vec![LinearKernel::Aten];
+        if LinearKernel::onednn_runs_on(Device::Cpu) {
+            kernels.push(LinearKernel::OneDnn);
+        }
+        for kernel in kernels {
+            let exact = Model::load(spec.clone(), Device::Cpu, Kind::Float, kernel).unwrap();
+            assert_eq!(exact.row_bucket(), 1, "fp32 pads no rows");
+            let expected = exact.encode(&input_ids, &token_type_ids, &attention_mask, &keep);
+            for bucket in BUCKETS {
+                let mut padded =
+                    Model::load(spec.clone(), Device::Cpu, Kind::Float, kernel).unwrap();
+                padded.bert.set_row_bucket(bucket);
+                let got = padded.encode(&input_ids, &token_type_ids, &attention_mask, &keep);
+                for &layer in &keep {
+                    let (want, have) = (expected.get(layer), got.get(layer));
+                    assert_eq!(have.size(), [BATCH, SEQ, spec.config.hidden_size]);
+                    let difference = (want - have).abs().max().double_value(&[]);
+                    assert!(
+                        difference < TOLERANCE,
+                        "{kernel:?}, bucket {bucket}, hidden state {layer}: {difference}"
+                    );
+                }
+            }
+        }
     }
 }

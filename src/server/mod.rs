@@ -302,11 +302,12 @@ pub async fn run(
     let plan = ReplicaPlan {
         spec: spec.clone(),
         devices: settings.engine.devices.clone(),
-        workers_per_device: settings.engine.workers_per_device,
+        workers_per_device: settings.engine.workers_per_device(),
         dtype: settings.engine.dtype,
         dense_kernel: settings.engine.dense_kernel,
         cpu_threads: settings.engine.cpu_threads,
         warm_up_batch: settings.max_batch_size(),
+        warm_up_tokens: settings.max_batch_tokens(),
     };
     let devices: Vec<String> = plan
         .worker_devices()
