@@ -15,7 +15,13 @@
 Each prints inputs/s; with --json, one JSON object. Outputs are compared to sentence-transformers'
 (cosine), so a fast wrong baseline shows.
 
-usage: baselines.py --corpus FILE --threads N [--model DIR] [--only st,torch,onnx,dense] [--json FILE]
+With bf16 asked for (`--only ...,st_bf16,torch_bf16`), the first two also run in bf16, their
+outputs compared to sentence-transformers' fp32 ones.
+
+With --check, bertd's own embeddings of the corpus are compared the same way.
+
+usage: baselines.py --corpus FILE --threads N [--model DIR]
+                    [--only st,torch,onnx,dense,st_bf16,torch_bf16] [--check JSONL] [--json FILE]
 """
 import argparse
 import json
@@ -56,19 +62,20 @@ def cosine(a, b):
     return float((a * b).sum(1).min())
 
 
-def run_sentence_transformers(model_dir, texts, batch):
+def run_sentence_transformers(model_dir, texts, batch, dtype=torch.float32):
     from sentence_transformers import SentenceTransformer
-    model = SentenceTransformer(model_dir, device="cpu")
+    model = SentenceTransformer(model_dir, device="cpu").to(dtype)
     model.encode(texts[:batch], batch_size=batch)  # warm-up
     start = time.perf_counter()
     vectors = model.encode(texts, batch_size=batch)
-    return len(texts) / (time.perf_counter() - start), np.asarray(vectors), model.max_seq_length
+    return (len(texts) / (time.perf_counter() - start),
+            np.asarray(torch.as_tensor(vectors).float()), model.max_seq_length)
 
 
-def run_torch(model_dir, texts, batch, max_length):
+def run_torch(model_dir, texts, batch, max_length, dtype=torch.float32):
     from transformers import AutoModel, AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir).eval()
+    model = AutoModel.from_pretrained(model_dir).to(dtype).eval()
     batches = list(sorted_batches(tokenizer, texts, batch, max_length))
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
@@ -76,7 +83,8 @@ def run_torch(model_dir, texts, batch, max_length):
         start = time.perf_counter()
         for ids, encoded in batches:
             hidden = model(**encoded).last_hidden_state
-            out[ids] = torch.nn.functional.normalize(mean_pool(hidden, encoded["attention_mask"])).numpy()
+            out[ids] = torch.nn.functional.normalize(
+                mean_pool(hidden, encoded["attention_mask"])).float().numpy()
         elapsed = time.perf_counter() - start
     return len(texts) / elapsed, out
 
@@ -183,6 +191,9 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--only", default="st,torch,onnx,dense")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--check", default=None, metavar="JSONL",
+                        help="bertd's embeddings of the corpus (`bertd encode` JSON lines), "
+                             "compared to sentence-transformers' fp32 ones")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model_dir = args.model or default_model()
@@ -190,6 +201,13 @@ def main():
     wanted = args.only.split(",")
     results = {"threads": args.threads, "inputs": len(texts), "batch": args.batch}
     rate, reference, max_length = run_sentence_transformers(model_dir, texts, args.batch)
+    if args.check:
+        with open(args.check, encoding="utf-8") as lines:
+            vectors = np.array([json.loads(line)["embedding"] for line in lines], dtype=np.float32)
+        if vectors.shape != reference.shape:
+            sys.exit(f"{args.check}: {vectors.shape[0]} embeddings of {vectors.shape[1]} "
+                     f"for {reference.shape[0]} corpus lines of {reference.shape[1]}")
+        results["bertd_outputs"] = {"min_cosine": cosine(vectors, reference)}
     if "st" in wanted:
         results["sentence_transformers"] = {"inputs_per_s": rate}
         print(f"sentence-transformers encode(batch_size={args.batch}): {rate:.1f} inputs/s", file=sys.stderr)
@@ -197,6 +215,17 @@ def main():
         rate, vectors = run_torch(model_dir, texts, args.batch, max_length)
         results["torch_sorted"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}
         print(f"transformers forward, sorted batches: {rate:.1f} inputs/s", file=sys.stderr)
+    # bf16 (where the CPU computes it natively): what a user would pick against bertd --dtype bf16.
+    if "st_bf16" in wanted:
+        rate, vectors, _ = run_sentence_transformers(model_dir, texts, args.batch, torch.bfloat16)
+        results["sentence_transformers_bf16"] = {"inputs_per_s": rate,
+                                                 "min_cosine": cosine(vectors, reference)}
+        print(f"sentence-transformers bf16 encode(batch_size={args.batch}): {rate:.1f} inputs/s",
+              file=sys.stderr)
+    if "torch_bf16" in wanted:
+        rate, vectors = run_torch(model_dir, texts, args.batch, max_length, torch.bfloat16)
+        results["torch_sorted_bf16"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}
+        print(f"transformers forward bf16, sorted batches: {rate:.1f} inputs/s", file=sys.stderr)
     if "onnx" in wanted:
         rate, vectors = run_onnx(model_dir, texts, args.batch, max_length, args.threads)
         results["onnx_fp32"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}

@@ -13,6 +13,14 @@ source bench/common.sh
 
 prepare
 bench_server "$OUT/bertd.json" "$@"
-"$PY" bench/baselines.py --corpus "$OUT/corpus.txt" --threads "$THREADS" \
-  --json "$OUT/baselines.json" > /dev/null
+# Serving in bf16, the baselines also run in bf16 (what such a user would set against it), and
+# bertd's own embeddings of the corpus, which the baselines check, are made in bf16.
+baselines=st,torch,onnx,dense encode_flags=()
+if [[ " $* " == *" --dtype bf16 "* ]]; then
+  baselines+=,st_bf16,torch_bf16
+  encode_flags=(--dtype bf16)
+fi
+"$BERTD" encode --threads "$THREADS" "${encode_flags[@]}" < "$OUT/corpus.txt" > "$OUT/bertd-embeddings.jsonl"
+"$PY" bench/baselines.py --corpus "$OUT/corpus.txt" --threads "$THREADS" --only "$baselines" \
+  --check "$OUT/bertd-embeddings.jsonl" --json "$OUT/baselines.json" > /dev/null
 "$PY" bench/ratios.py "$OUT/bertd.json" "$OUT/baselines.json" "$*"

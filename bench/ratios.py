@@ -18,7 +18,9 @@ def main():
     onnx = base.get("onnx_fp32", {}).get("inputs_per_s")
     for name, key in [("sentence-transformers encode(32)", "sentence_transformers"),
                       ("transformers forward, sorted", "torch_sorted"),
-                      ("ONNX Runtime fp32, sorted", "onnx_fp32")]:
+                      ("ONNX Runtime fp32, sorted", "onnx_fp32"),
+                      ("sentence-transformers encode(32), bf16", "sentence_transformers_bf16"),
+                      ("transformers forward, sorted, bf16", "torch_sorted_bf16")]:
         if key in base:
             rate = base[key]["inputs_per_s"]
             vs_onnx = f"{rate / onnx:.2f}" if onnx else "-"
@@ -39,6 +41,10 @@ def main():
               f"{dense['gflop_per_s']:.0f} GFLOP/s, "
               f"{dense['tokens']} real tokens, no padding) run at {rate:.1f} inputs/s, "
               f"{rate / st:.2f}x sentence-transformers.")
+    outputs = base.get("bertd_outputs")
+    if outputs:
+        print(f"\nbertd's embeddings of the corpus (`bertd encode`, same flags) against "
+              f"sentence-transformers' fp32 ones: min cosine {outputs['min_cosine']:.5f}")
     rss = bertd.get("server_peak_rss_bytes")
     if rss:
         print(f"\nbertd's peak resident memory: {rss / 2**20:.0f} MiB")

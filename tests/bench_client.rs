@@ -173,7 +173,7 @@ fn write_corpus(path: &Path, lines: usize) {
 const BASELINE_LINES: usize = 40;
 
 #[test]
-fn the_python_baselines_run_and_agree_with_sentence_transformers() {
+fn the_python_baselines_and_bertds_own_outputs_agree_with_sentence_transformers() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("corpus.txt");
@@ -187,6 +187,15 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
     assert_eq!(words.len(), BASELINE_LINES);
     assert!(words.iter().all(|w| (5..=120).contains(w)), "{words:?}");
 
+    // bertd's embeddings of the corpus, as bench/compare.sh makes them for the check.
+    let embeddings = dir.path().join("bertd.jsonl");
+    let encoded = succeed(
+        Command::new(env!("CARGO_BIN_EXE_bertd"))
+            .args(["encode", "--threads", "1"])
+            .stdin(std::fs::File::open(&corpus).unwrap()),
+    );
+    std::fs::write(&embeddings, &encoded.stdout).unwrap();
+
     let json = dir.path().join("baselines.json");
     succeed(
         Command::new(&python)
@@ -199,6 +208,7 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
                 "--batch",
                 "16",
             ])
+            .args(["--check", embeddings.to_str().unwrap()])
             .args(["--json", json.to_str().unwrap()]),
     );
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -209,7 +219,7 @@ fn the_python_baselines_run_and_agree_with_sentence_transformers() {
             .unwrap()
             > 0.0
     );
-    for baseline in ["torch_sorted", "onnx_fp32"] {
+    for baseline in ["torch_sorted", "onnx_fp32", "bertd_outputs"] {
         let cosine = report[baseline]["min_cosine"].as_f64().unwrap();
         assert!(cosine >= 0.9999, "{baseline}: min cosine {cosine}");
     }
