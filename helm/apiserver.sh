@@ -58,10 +58,12 @@ build() {
     # has no keyring here and only warns.
     dpkg-source -x ./*.dsc src > /dev/null 2>&1
     cd src
-    # As Debian's rules build it: a GOPATH pointing at the tree, no cgo.
+    # As Debian's rules build it: a GOPATH pointing at the tree, no cgo. Without cargo's
+    # OUT_DIR, which `cargo test` sets for the tests that run this and Kubernetes' Makefile takes
+    # for its own output folder (`OUT_DIR ?= _output`).
     mkdir -p .go/src/k8s.io
     ln -s ../../.. .go/src/k8s.io/kubernetes
-    GOPATH=$PWD/.go CGO_ENABLED=0 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" > build.log 2>&1 \
+    env -u OUT_DIR GOPATH=$PWD/.go CGO_ENABLED=0 make WHAT="cmd/kube-apiserver cmd/kube-controller-manager" > build.log 2>&1 \
       || { tail -30 build.log >&2; exit 1; }
     mkdir -p "$K8S"
     install -m 755 _output/bin/kube-apiserver _output/bin/kube-controller-manager "$K8S/"
