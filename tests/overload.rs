@@ -390,12 +390,23 @@ async fn a_connection_past_its_max_age_is_asked_to_go_away_and_closed_after_the_
         .await
         .expect("the server closes the aged connection");
     assert!(cut.is_err(), "{cut:?}");
-    // ...and the client reconnects for its next call.
-    let again = encode(
-        &channel,
-        encode_request("1", vec![input("y")], pb::Pooling::Mean),
-    )
-    .await;
+    // ...and the client reconnects for its next call. A call made while the channel still holds
+    // the closed connection fails as Cancelled ("connection was not ready") and is made again.
+    let again = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let call = encode(
+                &channel,
+                encode_request("1", vec![input("y")], pb::Pooling::Mean),
+            )
+            .await;
+            match call {
+                Err(status) if status.code() == tonic::Code::Cancelled => continue,
+                result => break result,
+            }
+        }
+    })
+    .await
+    .expect("the client reconnects");
     assert!(again.is_ok(), "{again:?}");
     drop(tx);
 }
