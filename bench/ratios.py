@@ -43,7 +43,7 @@ def main():
               f"{rate / st:.2f}x sentence-transformers.")
     outputs = base.get("bertd_outputs")
     if outputs:
-        print(f"\nbertd's embeddings of the corpus (`bertd encode`, same flags) against "
+        print(f"\nbertd's embeddings of the corpus (`bertd encode`, same dtype) against "
               f"sentence-transformers' fp32 ones: min cosine {outputs['min_cosine']:.5f}")
     rss = bertd.get("server_peak_rss_bytes")
     if rss:
