@@ -287,7 +287,8 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
             .args(["--sweep", SWEPT, "--sweep-concurrency", "2"]),
     );
     let report = gpu_report(dir.path());
-    assert_eq!(report["errors"], serde_json::json!([]), "every stage ran");
+    assert_eq!(report["errors"], serde_json::json!([]), "no stage failed");
+    assert_eq!(report["skipped"], serde_json::json!([]), "every stage ran");
     let checks = report["checks"].as_array().unwrap();
     let names: Vec<&str> = checks
         .iter()
@@ -332,6 +333,45 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
         swept["batch_inputs_mean"].as_f64().unwrap() <= SWEPT_BATCH as f64,
         "{swept}"
     );
+}
+
+/// A budget too short for any throughput stage: every correctness check still runs, and the
+/// throughput stages are listed as left out for time, which is not a failure.
+#[test]
+fn the_gpu_script_leaves_out_throughput_stages_past_its_budget_without_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = gpu_script(dir.path())
+        .args([
+            "--device",
+            "cpu",
+            "--dtypes",
+            "fp32",
+            "--serve-dtype",
+            "fp32",
+        ])
+        .args(["--shapes", "minilm", "--sweep", SWEPT, "--budget-s", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("not run: throughput minilm"), "{stdout}");
+    let report = gpu_report(dir.path());
+    assert_eq!(report["errors"], serde_json::json!([]));
+    let skipped: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, ["throughput minilm"]);
+    assert_eq!(report["speeds"], serde_json::json!([]));
+    let checks = report["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["check"] == "random minilm"));
+    assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
 }
 
 /// A device no machine has: bertd refuses it whether or not CUDA is there.
