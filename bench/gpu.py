@@ -10,6 +10,8 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client
 2. Throughput: `bertd serve` on the device (fp16 on CUDA) driven by `bertd bench` over the corpus,
    beside the raw transformers forward on the same length-sorted, pre-tokenized batches of
    CEILING_BATCH inputs: the ceiling that tokenization, gRPC and batching should hide behind.
+   Each run is sized from the ceiling's rate to last --run-s at it (the corpus once is a
+   fraction of a second on an H200).
 3. The sweep behind the GPU's batching defaults: `bertd serve` again with each of --sweep's
    settings (bigger batches, two workers per GPU), at --sweep-concurrency streams.
 
@@ -25,7 +27,7 @@ report and on stdout, and is not a failure: nothing was wrong with bertd).
 usage: gpu.py --bertd BIN --assets DIR --device cuda:0 --out DIR
               [--dtypes fp32,fp16,bf16] [--serve-dtype fp16] [--shapes minilm,bert-base]
               [--check-lines 256] [--concurrency 1,8,32] [--budget-s 540]
-              [--sweep "FLAGS;FLAGS"] [--sweep-concurrency 32]
+              [--sweep "FLAGS;FLAGS"] [--sweep-concurrency 32] [--ceiling-s 2] [--run-s 4]
 """
 import argparse
 import json
@@ -50,6 +52,13 @@ FP32_ATOL = 1e-4
 LOW_PRECISION_COSINE = 0.9995
 # The raw forward's batch (an H100/H200-sized batch at about 128 tokens).
 CEILING_BATCH = 256
+# The raw forward is timed over whole passes through the corpus for at least this long: one pass
+# of 20,000 lines takes a fraction of a second on an H200.
+CEILING_MIN_S = 2.0
+# How long each bertd run would last at the raw forward's rate (`--inputs` cycles the corpus to
+# that many inputs, never fewer than the corpus once), so that start-up and the first batches of
+# each shape do not make the number; a run slower than the ceiling lasts longer.
+RUN_S = 4.0
 # How long `bertd bench` waits for the server to load and serve.
 SERVE_TIMEOUT_S = 300
 # The least time a throughput stage is started with (loading the model, then three runs).
@@ -191,20 +200,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def ceiling(model_dir, texts, device, dtype):
-    """The raw forward on pre-tokenized, length-sorted batches already on the device: inputs/s."""
+def ceiling(model_dir, texts, device, dtype, min_s=CEILING_MIN_S):
+    """The raw forward on pre-tokenized, length-sorted batches already on the device: inputs/s,
+    over as many whole passes through them as take MIN_S."""
     tokenizer, max_length, model = load(model_dir, device, dtype)
     batches = [encoded.to(device) for _, encoded in sorted_batches(tokenizer, texts, CEILING_BATCH, max_length)]
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     with torch.inference_mode():
         model(**batches[len(batches) // 2])  # warm-up
         sync(device)
-        start = time.perf_counter()
-        for encoded in batches:
-            model(**encoded)
-        sync(device)
+        start, passes = time.perf_counter(), 0
+        while passes == 0 or time.perf_counter() - start < min_s:
+            for encoded in batches:
+                model(**encoded)
+            sync(device)
+            passes += 1
         elapsed = time.perf_counter() - start
-    return {"inputs_per_s": len(texts) / elapsed, "tokens_per_input": tokens / len(texts)}
+    return {"inputs_per_s": passes * len(texts) / elapsed, "tokens_per_input": tokens / len(texts),
+            "passes": passes}
 
 
 def free_port():
@@ -213,9 +226,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out, timeout_s, flags=()):
+def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, inputs, out, timeout_s, flags=()):
     """`bertd serve` on the device with its default batching (or FLAGS), driven by `bertd bench`
-    for at most TIMEOUT_S seconds."""
+    with INPUTS inputs a run for at most TIMEOUT_S seconds."""
     port, metrics = free_port(), free_port()
     env = bertd_env()
     env["BERTD_TELEMETRY__METRICS_ADDR"] = f"127.0.0.1:{metrics}"
@@ -227,7 +240,7 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, out, t
     try:
         report = out / f"bench-{name}.json"
         subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
-                        "--concurrency", concurrency, "--metrics", f"127.0.0.1:{metrics}",
+                        "--concurrency", concurrency, "--inputs", str(inputs), "--metrics", f"127.0.0.1:{metrics}",
                         "--pid", str(server.pid), "--json", str(report),
                         "--connect-timeout-s", str(min(SERVE_TIMEOUT_S, timeout_s))],
                        check=True, stdout=subprocess.DEVNULL, env=env, timeout=timeout_s)
@@ -318,6 +331,10 @@ def main():
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--sweep", default=SWEEP, help="`bertd serve` flags to try, ';' between settings")
     parser.add_argument("--sweep-concurrency", default="32")
+    parser.add_argument("--ceiling-s", type=float, default=CEILING_MIN_S,
+                        help="time the raw forward over whole passes through the corpus for this long")
+    parser.add_argument("--run-s", type=float, default=RUN_S,
+                        help="size each bertd run to last this long at the raw forward's rate")
     parser.add_argument("--budget-s", type=float, default=540,
                         help="start no throughput stage later than this many seconds from the start, "
                              "less MIN_STAGE_S, and end each by then (the device call's limit, less a margin)")
@@ -363,17 +380,20 @@ def main():
             return False
         return True
 
-    def bench(model_dir, concurrency, flags=()):
+    def bench(model_dir, concurrency, inputs, flags=()):
         return serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype, corpus, concurrency,
-                               args.out, max(1, report.left_s(args.budget_s)), flags)
+                               inputs, args.out, max(1, report.left_s(args.budget_s)), flags)
+
+    def throughput(shape, model_dir):
+        raw = ceiling(model_dir, texts, args.device, torch_dtype, args.ceiling_s)
+        inputs = max(len(texts), round(raw["inputs_per_s"] * args.run_s))
+        return {"model": shape, "dtype": args.serve_dtype, "ceiling": raw, "inputs_per_run": inputs,
+                "bench": bench(model_dir, args.concurrency, inputs), "sweep": []}
 
     speeds = {}
     for shape, model_dir in models.items():
         if within_budget(f"throughput {shape}"):
-            speed = report.stage(f"throughput {shape}", lambda: {
-                "model": shape, "dtype": args.serve_dtype,
-                "ceiling": ceiling(model_dir, texts, args.device, torch_dtype),
-                "bench": bench(model_dir, args.concurrency), "sweep": []})
+            speed = report.stage(f"throughput {shape}", lambda: throughput(shape, model_dir))
             if speed is not None:
                 speeds[shape] = speed
                 report.data["speeds"].append(speed)
@@ -382,7 +402,8 @@ def main():
         for flags in [f for f in args.sweep.split(";") if f.strip()]:
             stage = f"sweep {shape} {flags}"
             if within_budget(stage):
-                run = report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency, flags.split()))
+                run = report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency,
+                                                        speed["inputs_per_run"], flags.split()))
                 if run is not None:
                     speed["sweep"].append({"flags": flags, "bench": run})
                     report.save()

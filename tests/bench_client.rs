@@ -237,6 +237,11 @@ const DRY_RUN_LINES: usize = 48;
 /// The one batching setting the dry run sweeps (a GPU run sweeps bigger batches and workers).
 const SWEPT: &str = "--max-batch-size 4";
 const SWEPT_BATCH: u64 = 4;
+/// How long the dry run times the raw forward, and sizes each bertd run to last at its rate:
+/// long enough that a run is more than the 48-line corpus once (the raw forward of the MiniLM
+/// shape runs at 20-30 inputs/s here on CPU, in batches of 256 padded to the longest).
+const CEILING_S: f64 = 0.5;
+const RUN_S: f64 = 8.0;
 
 /// bench/gpu.py run on what bench/gpu.sh carries, made in `dir`: the default model without
 /// its weights (`assets/model`), and a corpus; its report goes to `dir/out`.
@@ -284,7 +289,9 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
                 "fp32",
             ])
             .args(["--shapes", "minilm", "--concurrency", "1,2"])
-            .args(["--sweep", SWEPT, "--sweep-concurrency", "2"]),
+            .args(["--sweep", SWEPT, "--sweep-concurrency", "2"])
+            .args(["--ceiling-s", &CEILING_S.to_string()])
+            .args(["--run-s", &RUN_S.to_string()]),
     );
     let report = gpu_report(dir.path());
     assert_eq!(report["errors"], serde_json::json!([]), "no stage failed");
@@ -316,18 +323,34 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
         .unwrap();
     assert_eq!(random["inputs"], DRY_RUN_LINES);
     let speed = &report["speeds"][0];
-    assert!(speed["ceiling"]["inputs_per_s"].as_f64().unwrap() > 0.0);
+    let raw = speed["ceiling"]["inputs_per_s"].as_f64().unwrap();
+    let passes = speed["ceiling"]["passes"].as_f64().unwrap();
+    assert!(
+        passes * DRY_RUN_LINES as f64 / raw >= CEILING_S,
+        "the raw forward was timed for at least --ceiling-s: {speed}"
+    );
+    // Each run is sized to last --run-s at the raw forward's rate, and is the corpus once at least.
+    let per_run = speed["inputs_per_run"].as_u64().unwrap();
+    assert!(
+        per_run > DRY_RUN_LINES as u64,
+        "sized, not the corpus once: {speed}"
+    );
+    assert_eq!(
+        per_run,
+        (DRY_RUN_LINES as u64).max((raw * RUN_S).round() as u64),
+        "{speed}"
+    );
     let runs = speed["bench"]["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2, "one run per concurrency");
     for run in runs {
-        assert_eq!(run["inputs"], DRY_RUN_LINES);
+        assert_eq!(run["inputs"], per_run);
     }
     let sweep = speed["sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 1, "one entry per swept setting: {sweep:?}");
     assert_eq!(sweep[0]["flags"], SWEPT);
     let swept = &sweep[0]["bench"]["runs"][0];
     assert_eq!(swept["concurrency"], 2);
-    assert_eq!(swept["inputs"], DRY_RUN_LINES);
+    assert_eq!(swept["inputs"], per_run);
     // The swept setting was the one served: no batch above its limit.
     assert!(
         swept["batch_inputs_mean"].as_f64().unwrap() <= SWEPT_BATCH as f64,
