@@ -10,8 +10,8 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client
 2. Throughput: `bertd serve` on the device (fp16 on CUDA) driven by `bertd bench` over the corpus,
    beside the raw transformers forward on the same length-sorted, pre-tokenized batches of
    CEILING_BATCH inputs: the ceiling that tokenization, gRPC and batching should hide behind.
-   Each run is sized from the ceiling's rate to last --run-s at it (the corpus once is a
-   fraction of a second on an H200).
+   Each bertd run that counts lasts --run-s at least (the corpus once is a fraction of a second
+   on an H200), sized from a first run of the corpus once.
 3. The sweep behind the GPU's batching defaults: `bertd serve` again with each of --sweep's
    settings (bigger batches, two workers per GPU), at --sweep-concurrency streams.
 
@@ -55,9 +55,8 @@ CEILING_BATCH = 256
 # The raw forward is timed over whole passes through the corpus for at least this long: one pass
 # of 20,000 lines takes a fraction of a second on an H200.
 CEILING_MIN_S = 2.0
-# How long each bertd run would last at the raw forward's rate (`--inputs` cycles the corpus to
-# that many inputs, never fewer than the corpus once), so that start-up and the first batches of
-# each shape do not make the number; a run slower than the ceiling lasts longer.
+# The least a bertd run that counts lasts: the corpus once is a fraction of a second on an H200,
+# which start-up and each shape's first batches would decide (serve_and_bench).
 RUN_S = 4.0
 # How long `bertd bench` waits for the server to load and serve.
 SERVE_TIMEOUT_S = 300
@@ -226,9 +225,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, inputs, out, timeout_s, flags=()):
+def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s, out, timeout_s, flags=()):
     """`bertd serve` on the device with its default batching (or FLAGS), driven by `bertd bench`
-    with INPUTS inputs a run for at most TIMEOUT_S seconds."""
+    at each of CONCURRENCY's stream counts, all within TIMEOUT_S seconds. Each count first runs
+    the corpus once (this also warms the server up for it); when that took less than RUN_S, the
+    run that counts cycles through the corpus to as many inputs as that rate gives in RUN_S."""
+    deadline = time.monotonic() + timeout_s
     port, metrics = free_port(), free_port()
     env = bertd_env()
     env["BERTD_TELEMETRY__METRICS_ADDR"] = f"127.0.0.1:{metrics}"
@@ -237,14 +239,30 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, inputs
     server = subprocess.Popen([bertd, "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model_dir),
                                "--devices", device, "--dtype", dtype, "--log-level", "warn", *flags],
                               stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        report = out / f"bench-{name}.json"
+
+    def run(streams, inputs, label):
+        report = out / f"bench-{name}-x{streams}-{label}.json"
+        left = max(1, deadline - time.monotonic())
         subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
-                        "--concurrency", concurrency, "--inputs", str(inputs), "--metrics", f"127.0.0.1:{metrics}",
-                        "--pid", str(server.pid), "--json", str(report),
-                        "--connect-timeout-s", str(min(SERVE_TIMEOUT_S, timeout_s))],
-                       check=True, stdout=subprocess.DEVNULL, env=env, timeout=timeout_s)
+                        "--concurrency", streams, *(["--inputs", str(inputs)] if inputs else []),
+                        "--metrics", f"127.0.0.1:{metrics}", "--pid", str(server.pid), "--json", str(report),
+                        "--connect-timeout-s", str(min(SERVE_TIMEOUT_S, left))],
+                       check=True, stdout=subprocess.DEVNULL, env=env, timeout=left)
         return json.loads(report.read_text())
+
+    try:
+        result = {"runs": [], "first_runs": [], "server_peak_rss_bytes": None}
+        for streams in concurrency.split(","):
+            first = run(streams, None, "first")
+            counted, once = first, first["runs"][0]
+            if once["seconds"] < run_s:
+                counted = run(streams, max(once["inputs"], round(once["inputs_per_s"] * run_s)), "sized")
+            result["first_runs"] += first["runs"]
+            result["runs"] += counted["runs"]
+            rss = [r for r in (result["server_peak_rss_bytes"], first["server_peak_rss_bytes"],
+                               counted["server_peak_rss_bytes"]) if r]
+            result["server_peak_rss_bytes"] = max(rss, default=None)
+        return result
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -334,7 +352,7 @@ def main():
     parser.add_argument("--ceiling-s", type=float, default=CEILING_MIN_S,
                         help="time the raw forward over whole passes through the corpus for this long")
     parser.add_argument("--run-s", type=float, default=RUN_S,
-                        help="size each bertd run to last this long at the raw forward's rate")
+                        help="the least a bertd run that counts lasts (see serve_and_bench)")
     parser.add_argument("--budget-s", type=float, default=540,
                         help="start no throughput stage later than this many seconds from the start, "
                              "less MIN_STAGE_S, and end each by then (the device call's limit, less a margin)")
@@ -380,15 +398,14 @@ def main():
             return False
         return True
 
-    def bench(model_dir, concurrency, inputs, flags=()):
+    def bench(model_dir, concurrency, flags=()):
         return serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype, corpus, concurrency,
-                               inputs, args.out, max(1, report.left_s(args.budget_s)), flags)
+                               args.run_s, args.out, max(1, report.left_s(args.budget_s)), flags)
 
     def throughput(shape, model_dir):
-        raw = ceiling(model_dir, texts, args.device, torch_dtype, args.ceiling_s)
-        inputs = max(len(texts), round(raw["inputs_per_s"] * args.run_s))
-        return {"model": shape, "dtype": args.serve_dtype, "ceiling": raw, "inputs_per_run": inputs,
-                "bench": bench(model_dir, args.concurrency, inputs), "sweep": []}
+        return {"model": shape, "dtype": args.serve_dtype,
+                "ceiling": ceiling(model_dir, texts, args.device, torch_dtype, args.ceiling_s),
+                "bench": bench(model_dir, args.concurrency), "sweep": []}
 
     speeds = {}
     for shape, model_dir in models.items():
@@ -402,8 +419,7 @@ def main():
         for flags in [f for f in args.sweep.split(";") if f.strip()]:
             stage = f"sweep {shape} {flags}"
             if within_budget(stage):
-                run = report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency,
-                                                        speed["inputs_per_run"], flags.split()))
+                run = report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency, flags.split()))
                 if run is not None:
                     speed["sweep"].append({"flags": flags, "bench": run})
                     report.save()
