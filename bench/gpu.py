@@ -60,7 +60,7 @@ CEILING_MIN_S = 2.0
 RUN_S = 4.0
 # How long `bertd bench` waits for the server to load and serve.
 SERVE_TIMEOUT_S = 300
-# The least time a throughput stage is started with (loading the model, then three runs).
+# The least time a throughput stage is started with (loading the model, then its runs).
 MIN_STAGE_S = 60
 # `bertd serve` settings tried against the defaults (64 inputs, 16,384 tokens, one worker): a
 # batch of CEILING_BATCH and more, and a second worker to overlap one batch's host work (tokens
