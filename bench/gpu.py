@@ -63,12 +63,13 @@ SERVE_TIMEOUT_S = 300
 # The least time a throughput stage is started with (loading the model, then its runs).
 MIN_STAGE_S = 60
 # `bertd serve` settings tried against the defaults (64 inputs, 16,384 tokens, one worker): a
-# batch of CEILING_BATCH and more, and a second worker to overlap one batch's host work (tokens
-# in, vectors out) with another's forward.
+# batch of CEILING_BATCH and more, and more workers to overlap one batch's host work (tokens in,
+# kernel launches, vectors out) with another's forward.
 SWEEP = ("--max-batch-size 256 --max-batch-tokens 32768;"
          "--max-batch-size 512 --max-batch-tokens 65536;"
          "--workers-per-device 2;"
-         "--workers-per-device 2 --max-batch-size 256 --max-batch-tokens 32768")
+         "--workers-per-device 2 --max-batch-size 256 --max-batch-tokens 32768;"
+         "--workers-per-device 4 --max-batch-size 256 --max-batch-tokens 32768")
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
