@@ -243,11 +243,11 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
 
     def run(streams, inputs, label):
         report = out / f"bench-{name}-x{streams}-{label}.json"
-        left = max(1, deadline - time.monotonic())
+        left = max(1.0, deadline - time.monotonic())  # whole seconds for bertd's --connect-timeout-s
         subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
                         "--concurrency", streams, *(["--inputs", str(inputs)] if inputs else []),
                         "--metrics", f"127.0.0.1:{metrics}", "--pid", str(server.pid), "--json", str(report),
-                        "--connect-timeout-s", str(min(SERVE_TIMEOUT_S, left))],
+                        "--connect-timeout-s", str(int(min(SERVE_TIMEOUT_S, left)))],
                        check=True, stdout=subprocess.DEVNULL, env=env, timeout=left)
         return json.loads(report.read_text())
 

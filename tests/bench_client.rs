@@ -242,6 +242,10 @@ const SWEPT_BATCH: u64 = 4;
 /// on 2 cores), so that the runs are sized.
 const CEILING_S: f64 = 0.5;
 const RUN_S: f64 = 3.0;
+/// The dry run's budget: under the 300 s that `bertd bench` may wait for a server, so that the
+/// budget left (not that cap) bounds the waits, as late in a GPU run; and ample for the dry run's
+/// stages (about 60 s on 2 cores).
+const DRY_RUN_BUDGET_S: f64 = 250.0;
 
 /// bench/gpu.py run on what bench/gpu.sh carries, made in `dir`: the default model without
 /// its weights (`assets/model`), and a corpus; its report goes to `dir/out`.
@@ -291,6 +295,7 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
             .args(["--shapes", "minilm", "--concurrency", "1,2"])
             .args(["--sweep", SWEPT, "--sweep-concurrency", "2"])
             .args(["--ceiling-s", &CEILING_S.to_string()])
+            .args(["--budget-s", &DRY_RUN_BUDGET_S.to_string()])
             .args(["--run-s", &RUN_S.to_string()]),
     );
     let report = gpu_report(dir.path());
