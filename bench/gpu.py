@@ -226,6 +226,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def busy_workers(run):
+    """How many workers computed at once on average during RUN (its forward time over its wall
+    time), or None without the server's metrics: one worker below 1 leaves the device idle while
+    the host tokenizes, copies and replies."""
+    forward_ms, per_batch = run.get("forward_ms_mean"), run.get("batch_inputs_mean")
+    if forward_ms is None or not per_batch:
+        return None
+    return forward_ms / 1000 * (run["inputs"] / per_batch) / run["seconds"]
+
+
 def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s, out, timeout_s, flags=()):
     """`bertd serve` on the device with its default batching (or FLAGS), driven by `bertd bench`
     at each of CONCURRENCY's stream counts, all within TIMEOUT_S seconds. Each count first runs
@@ -258,6 +268,8 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
             counted, once = first, first["runs"][0]
             if once["seconds"] < run_s:
                 counted = run(streams, max(once["inputs"], round(once["inputs_per_s"] * run_s)), "sized")
+            for r in counted["runs"]:
+                r["busy_workers"] = busy_workers(r)
             result["first_runs"] += first["runs"]
             result["runs"] += counted["runs"]
             rss = [r for r in (result["server_peak_rss_bytes"], first["server_peak_rss_bytes"],
@@ -315,24 +327,25 @@ def table(checks, speeds):
         lines.append(f"| {c['check']} | {c['dtype']} | {c['inputs']} | {c['max_abs_diff']:.2e} | "
                      f"{c['min_cosine']:.6f} | {'yes' if c['ok'] else 'NO'} |")
     lines += ["", "| model | dtype | what | inputs/s | vs raw forward | p50 ms | p99 ms | padding ratio "
-                  "| inputs/batch |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| inputs/batch | busy workers |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in speeds:
         raw = s["ceiling"]["inputs_per_s"]
         lines.append(f"| {s['model']} | {s['dtype']} | raw forward, batch {CEILING_BATCH} "
                      f"({s['ceiling']['tokens_per_input']:.0f} tokens/input) | {raw:.0f} | 1.00 | | | | "
-                     f"{CEILING_BATCH} |")
+                     f"{CEILING_BATCH} | |")
         for flags, bench in [("", s["bench"])] + [(f"`{t['flags']}` ", t["bench"]) for t in s.get("sweep", [])]:
             for run in bench["runs"]:
-                padding, per_batch = run["padding_ratio"], run["batch_inputs_mean"]
+                padding, per_batch, busy = run["padding_ratio"], run["batch_inputs_mean"], run.get("busy_workers")
                 lines.append(f"| {s['model']} | {s['dtype']} | bertd {flags}stream x{run['concurrency']} | "
                              f"{run['inputs_per_s']:.0f} | {run['inputs_per_s'] / raw:.2f} | "
                              f"{run['latency_ms_p50']:.1f} | {run['latency_ms_p99']:.1f} | "
                              f"{'-' if padding is None else f'{padding:.3f}'} | "
-                             f"{'-' if per_batch is None else f'{per_batch:.1f}'} |")
+                             f"{'-' if per_batch is None else f'{per_batch:.1f}'} | "
+                             f"{'-' if busy is None else f'{busy:.2f}'} |")
             rss = bench.get("server_peak_rss_bytes")
             if rss:
                 lines.append(f"| {s['model']} | {s['dtype']} | bertd {flags}server peak RSS | "
-                             f"{rss / 2**20:.0f} MiB | | | | | |")
+                             f"{rss / 2**20:.0f} MiB | | | | | | |")
     return "\n".join(lines)
 
 

@@ -246,6 +246,9 @@ const RUN_S: f64 = 3.0;
 /// budget left (not that cap) bounds the waits, as late in a GPU run; and ample for the dry run's
 /// stages (about 60 s on 2 cores).
 const DRY_RUN_BUDGET_S: f64 = 250.0;
+/// How far a run's busy workers may pass its worker count: the metrics' window is a little
+/// longer than the run.
+const BUSY_MARGIN: f64 = 0.1;
 
 /// bench/gpu.py run on what bench/gpu.sh carries, made in `dir`: the default model without
 /// its weights (`assets/model`), and a corpus; its report goes to `dir/out`.
@@ -368,6 +371,10 @@ fn assert_sized(runs: &[Value], first_runs: &Value) {
             "the corpus once took under RUN_S: {first}"
         );
         assert_eq!(run["inputs"], sized, "{run}");
+        // One worker: computing for at most the run's time (the server's metrics are read just
+        // before and after it, hence the margin).
+        let busy = run["busy_workers"].as_f64().unwrap();
+        assert!(busy > 0.0 && busy <= 1.0 + BUSY_MARGIN, "{run}");
     }
 }
 
