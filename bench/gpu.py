@@ -13,7 +13,8 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client
    Each bertd run that counts lasts --run-s at least (the corpus once is a fraction of a second
    on an H200), sized from a first run of the corpus once.
 3. The sweep behind the GPU's batching defaults: `bertd serve` again with each of --sweep's
-   settings (bigger batches, two workers per GPU), at --sweep-concurrency streams.
+   settings (bigger batches, more workers per GPU), at --sweep-concurrency streams. Every run
+   reports its busy workers (busy_workers).
 
 One table on stdout, everything in OUT/gpu.json; the exit status is non-zero when a check fails
 or a stage fails (throughput is reported, not judged). A lent GPU is scarce, so one call
@@ -228,8 +229,8 @@ def free_port():
 
 def busy_workers(run):
     """How many workers computed at once on average during RUN (its forward time over its wall
-    time), or None without the server's metrics: one worker below 1 leaves the device idle while
-    the host tokenizes, copies and replies."""
+    time), or None without the server's metrics. One worker below 1 left the device waiting
+    between batches on host work (building a batch, copying, replying)."""
     forward_ms, per_batch = run.get("forward_ms_mean"), run.get("batch_inputs_mean")
     if forward_ms is None or not per_batch:
         return None
