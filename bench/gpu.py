@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -237,15 +238,27 @@ def busy_workers(run):
     return forward_ms / 1000 * (run["inputs"] / per_batch) / run["seconds"]
 
 
+def save_metrics(addr, path):
+    """The server's metrics after its runs (queue waits, batch sizes, forward times, by
+    histogram), kept with the report for what its table does not show. Not a stage's failure
+    when they cannot be read."""
+    try:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as response:
+            path.write_bytes(response.read())
+    except OSError as error:
+        print(f"# metrics from {addr} not saved: {error}", flush=True)
+
+
 def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s, out, timeout_s, flags=()):
     """`bertd serve` on the device with its default batching (or FLAGS), driven by `bertd bench`
     at each of CONCURRENCY's stream counts, all within TIMEOUT_S seconds. Each count first runs
     the corpus once (this also warms the server up for it); when that took less than RUN_S, the
     run that counts cycles through the corpus to as many inputs as that rate gives in RUN_S."""
     deadline = time.monotonic() + timeout_s
-    port, metrics = free_port(), free_port()
+    port = free_port()
+    metrics = f"127.0.0.1:{free_port()}"
     env = bertd_env()
-    env["BERTD_TELEMETRY__METRICS_ADDR"] = f"127.0.0.1:{metrics}"
+    env["BERTD_TELEMETRY__METRICS_ADDR"] = metrics
     name = "-".join([model_dir.name, *[f.lstrip("-") for f in flags]])
     log = open(out / f"server-{name}.log", "w")
     server = subprocess.Popen([bertd, "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model_dir),
@@ -257,7 +270,7 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
         left = max(1.0, deadline - time.monotonic())  # whole seconds for bertd's --connect-timeout-s
         subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
                         "--concurrency", streams, *(["--inputs", str(inputs)] if inputs else []),
-                        "--metrics", f"127.0.0.1:{metrics}", "--pid", str(server.pid), "--json", str(report),
+                        "--metrics", metrics, "--pid", str(server.pid), "--json", str(report),
                         "--connect-timeout-s", str(int(min(SERVE_TIMEOUT_S, left)))],
                        check=True, stdout=subprocess.DEVNULL, env=env, timeout=left)
         return json.loads(report.read_text())
@@ -276,6 +289,7 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
             rss = [r for r in (result["server_peak_rss_bytes"], first["server_peak_rss_bytes"],
                                counted["server_peak_rss_bytes"]) if r]
             result["server_peak_rss_bytes"] = max(rss, default=None)
+        save_metrics(metrics, out / f"metrics-{name}.txt")
         return result
     finally:
         server.terminate()

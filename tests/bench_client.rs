@@ -237,6 +237,8 @@ const DRY_RUN_LINES: usize = 48;
 /// The one batching setting the dry run sweeps (a GPU run sweeps bigger batches and workers).
 const SWEPT: &str = "--max-batch-size 4";
 const SWEPT_BATCH: u64 = 4;
+/// How bench/gpu.py names the files of a server run with SWEPT (its flags, dashes dropped).
+const SWEPT_NAME: &str = "max-batch-size-4";
 /// How long the dry run times the raw forward, and the least a bertd run that counts lasts: more
 /// than the 48-line corpus once takes here (bertd serves the MiniLM shape at about 80 inputs/s
 /// on 2 cores), so that the runs are sized.
@@ -310,6 +312,15 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     );
     let report = gpu_report(dir.path());
     assert_eq!(report["errors"], serde_json::json!([]), "no stage failed");
+    // Each server's metrics are kept beside the report, for what the table does not show.
+    for name in ["random-minilm", &format!("random-minilm-{}", SWEPT_NAME)] {
+        let metrics = std::fs::read_to_string(dir.path().join(format!("out/metrics-{name}.txt")))
+            .unwrap_or_else(|e| panic!("metrics-{name}.txt: {e}"));
+        assert!(
+            metrics.contains("bertd_batch_forward_duration_seconds_count"),
+            "{metrics}"
+        );
+    }
     assert_eq!(report["skipped"], serde_json::json!([]), "every stage ran");
     let checks = report["checks"].as_array().unwrap();
     let names: Vec<&str> = checks
