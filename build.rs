@@ -1,16 +1,24 @@
-//! Build script: makes the binary find libtorch on its own and compiles the oneDNN shim
-//! (`src/model/onednn.cpp`) against it. The gRPC contract is the `bertd-proto` crate in `proto/`.
+//! Build script: makes the binary find libtorch on its own and compiles the C++ shims (libtorch
+//! calls that tch does not bind) against it. The gRPC contract is the `bertd-proto` crate in
+//! `proto/`.
 use std::path::{Path, PathBuf};
 
 fn main() {
     link_libtorch();
 }
 
-/// The C++ shim for libtorch's oneDNN dense layer (`src/model/onednn.cpp`), compiled
-/// against the headers of the libtorch that torch-sys links.
-fn compile_kernels(lib_dir: &Path) {
-    const SHIM: &str = "src/model/onednn.cpp";
-    println!("cargo:rerun-if-changed={SHIM}");
+/// The C++ shims (`src/shim`, the oneDNN dense layer `src/model/onednn.cpp`, the CUDA worker's
+/// stream and copies `src/engine/cuda.cpp`), compiled against the headers of the libtorch that
+/// torch-sys links.
+fn compile_shims(lib_dir: &Path) {
+    const SOURCES: [&str; 3] = [
+        "src/shim/shim.cpp",
+        "src/model/onednn.cpp",
+        "src/engine/cuda.cpp",
+    ];
+    for file in SOURCES.iter().chain(&["src/shim/shim.h"]) {
+        println!("cargo:rerun-if-changed={file}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // libtorch 2.7 and later is built with the C++11 ABI only.
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
@@ -25,7 +33,7 @@ fn compile_kernels(lib_dir: &Path) {
         .include(&include)
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
         .warnings(false)
-        .file(SHIM)
+        .files(SOURCES)
         .compile("bertd_kernels");
 }
 
@@ -35,7 +43,7 @@ fn link_libtorch() {
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys sets DEP_TCH_LIBTORCH_LIB to libtorch's lib dir on Linux and macOS");
     let lib_dir = PathBuf::from(lib_dir);
-    compile_kernels(&lib_dir);
+    compile_shims(&lib_dir);
     // The default linker flag --as-needed drops libtorch_cuda.so, because no symbol of it is used
     // directly; CUDA then silently reports unavailable. Keep it whenever this libtorch has CUDA.
     // rustc-link-arg (not RUSTFLAGS) so that build scripts are not linked against it too.

@@ -13,8 +13,8 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client
    Each bertd run that counts lasts --run-s at least (the corpus once is a fraction of a second
    on an H200), sized from a first run of the corpus once.
 3. The sweep behind the GPU's batching defaults: `bertd serve` again with each of --sweep's
-   settings (bigger batches, more workers per GPU), at --sweep-concurrency streams. Every run
-   reports its busy workers (busy_workers).
+   settings (bigger batches, more workers per GPU, a stream per worker), at --sweep-concurrency
+   streams. Every run reports its busy workers (busy_workers).
 
 One table on stdout, everything in OUT/gpu.json; the exit status is non-zero when a check fails
 or a stage fails (throughput is reported, not judged). A lent GPU is scarce, so one call
@@ -64,14 +64,16 @@ RUN_S = 4.0
 SERVE_TIMEOUT_S = 300
 # The least time a throughput stage is started with (loading the model, then its runs).
 MIN_STAGE_S = 60
-# `bertd serve` settings tried against the defaults (64 inputs, 16,384 tokens, one worker): a
-# batch of CEILING_BATCH and more, and more workers to overlap one batch's host work (tokens in,
-# kernel launches, vectors out) with another's forward.
+# `bertd serve` settings tried against the defaults (64 inputs, 16,384 tokens, one worker, the
+# shared stream): a batch of CEILING_BATCH and more, more workers to overlap one batch's host work
+# (tokens in, kernel launches, vectors out) with another's forward, and those workers each on a
+# stream of its own, so that their kernels and copies need not wait for each other's.
 SWEEP = ("--max-batch-size 256 --max-batch-tokens 32768;"
          "--max-batch-size 512 --max-batch-tokens 65536;"
          "--workers-per-device 2;"
          "--workers-per-device 2 --max-batch-size 256 --max-batch-tokens 32768;"
-         "--workers-per-device 4 --max-batch-size 256 --max-batch-tokens 32768")
+         "--workers-per-device 4 --max-batch-size 256 --max-batch-tokens 32768;"
+         "--workers-per-device 4 --cuda-streams per-worker --max-batch-size 256 --max-batch-tokens 32768")
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -122,10 +124,14 @@ def fixture_checks(bertd, device, dtype):
         checks.append(compare(f"fixture bert_tiny {pooling}", dtype,
                               [g["embedding"] for g in got], [r[pooling] for r in rows]))
     rows = json.loads((FIXTURES / "references" / "sentence_transformers.json").read_text())
-    got = run_bertd(bertd, "encode", FIXTURES / "models" / "sentence_transformers", device, dtype,
-                    [{"text": r["text"], "text_pair": None} for r in rows])
-    checks.append(compare("fixture sentence_transformers", dtype,
-                          [g["embedding"] for g in got], [r["embedding"] for r in rows]))
+    # On a GPU, also on a stream of its own (what a server worker computes on with
+    # --cuda-streams per-worker).
+    streams = ["shared", "per-worker"] if device.startswith("cuda") else ["shared"]
+    for stream in streams:
+        got = run_bertd(bertd, "encode", FIXTURES / "models" / "sentence_transformers", device, dtype,
+                        [{"text": r["text"], "text_pair": None} for r in rows], ["--cuda-streams", stream])
+        name = "fixture sentence_transformers" + (", own stream" if stream == "per-worker" else "")
+        checks.append(compare(name, dtype, [g["embedding"] for g in got], [r["embedding"] for r in rows]))
     for name, activation in [("classifier_single", "softmax"), ("classifier_multi", "sigmoid")]:
         model = FIXTURES / "models" / name
         labels = json.loads((model / "config.json").read_text())["id2label"]

@@ -5,8 +5,9 @@
 //! `engine` (compute only: a batch in, outputs out) → `model` (BERT on libtorch). `server` wires
 //! them together and owns the server's life; `tokenize` (text to ids), `config` (what the
 //! operator chose), `security` (TLS, API keys and their quotas) and `telemetry` (logs, traces,
-//! metrics) stand beside. A lower layer never
-//! imports a higher one.
+//! metrics) stand beside, and `shim` under `model` and `engine` (how their C++ calls into
+//! libtorch, for what tch does not bind, report failures). A lower layer never imports a higher
+//! one.
 pub mod api;
 pub mod batch;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod engine;
 pub mod model;
 pub mod security;
 pub mod server;
+mod shim;
 pub mod telemetry;
 pub mod tokenize;
 

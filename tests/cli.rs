@@ -114,6 +114,27 @@ fn a_bad_line_gets_an_error_line_and_a_failing_exit() {
 }
 
 #[test]
+fn a_stream_of_its_own_is_refused_on_a_cpu_before_anything_is_computed() {
+    let dir = model_dir("bert_tiny");
+    let (ok, lines, stderr) = bertd(
+        &[
+            "encode",
+            "--model",
+            dir.to_str().unwrap(),
+            "--cuda-streams",
+            "per-worker",
+        ],
+        "fine\n",
+    );
+    assert!(!ok);
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains("cuda streams per-worker needs a CUDA device, and the devices are cpu"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn classify_prints_labels_by_score() {
     let refs = references("classifier_single");
     let dir = model_dir("classifier_single");

@@ -276,6 +276,10 @@ fn invalid_configuration_stops_start_up_naming_the_key() {
         ),
         ("[batching]\nmax_batch_sizee = 3\n", "max_batch_sizee"),
         ("[engine]\ndtype = \"fp8\"\n", "engine.dtype"),
+        (
+            "[engine]\ncuda_streams = \"per-worker\"\n",
+            "engine.cuda_streams: cuda streams per-worker needs a CUDA device, and the devices are cpu",
+        ),
     ];
     for (text, expected) in cases {
         let file = dir.path().join("bad.toml");

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use bertd::config::default_model_dir;
 use bertd::engine::options::{ClassifyRequest, EmbedRequest, OptionError};
-use bertd::engine::{DType, DenseKernel, DeviceSpec, Engine, EngineInput, Output, Task};
+use bertd::engine::{
+    CudaStreams, DType, DenseKernel, DeviceSpec, Engine, EngineInput, Output, Task, cuda,
+};
 use bertd::model::{Model, ModelSpec, Pooling, ScoreActivation};
 use bertd::tokenize::{BertTokenizer, TextInput, Tokenized};
 
@@ -34,6 +36,10 @@ pub struct ModelArgs {
     /// What computes the dense layers: auto is oneDNN on a CPU, libtorch's linear on CUDA.
     #[arg(long, value_enum, default_value_t = DenseKernel::Auto)]
     dense_kernel: DenseKernel,
+    /// On CUDA, compute on libtorch's default stream (shared) or on a stream of its own from
+    /// libtorch's pool (per-worker), as each server worker does with engine.cuda_streams.
+    #[arg(long, value_enum, default_value_t = CudaStreams::Shared)]
+    cuda_streams: CudaStreams,
     /// Intra-op threads for libtorch (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
@@ -94,6 +100,13 @@ fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     }
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    args.cuda_streams
+        .check_devices(&[args.device])
+        .map_err(anyhow::Error::msg)?;
+    if let (tch::Device::Cuda(gpu), CudaStreams::PerWorker) = (args.device.0, args.cuda_streams) {
+        cuda::use_own_stream(gpu)
+            .map_err(|e| anyhow!("a stream of its own on {}: {e}", args.device))?;
     }
     let spec = Arc::new(ModelSpec::load(&dir).context("loading the model")?);
     let tokenizer = BertTokenizer::load(&spec).context("loading the tokenizer")?;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use bertd::config::{LogFormat, Overrides, Settings};
-use bertd::engine::{DType, DenseKernel, DeviceSpec};
+use bertd::engine::{CudaStreams, DType, DenseKernel, DeviceSpec};
 use bertd::{server, telemetry};
 
 /// Flags override the config file and the environment; every other setting is in the file
@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// linear on CUDA.
     #[arg(long, value_enum)]
     dense_kernel: Option<DenseKernel>,
+    /// Which CUDA stream each CUDA worker computes on (engine.cuda_streams): shared, or
+    /// per-worker to let the workers of one GPU overlap.
+    #[arg(long, value_enum)]
+    cuda_streams: Option<CudaStreams>,
     /// libtorch CPU threads, split between CPU workers; 0: all cores (engine.cpu_threads).
     #[arg(long)]
     cpu_threads: Option<usize>,
@@ -96,6 +100,10 @@ impl ServeArgs {
         set(
             "engine.dense_kernel",
             self.dense_kernel.map(|k| k.to_string().into()),
+        );
+        set(
+            "engine.cuda_streams",
+            self.cuda_streams.map(|k| k.to_string().into()),
         );
         set(
             "engine.cpu_threads",
@@ -178,6 +186,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         devices = ?settings.engine.devices,
         dtype = %settings.engine.dtype,
         dense_kernel = %settings.engine.dense_kernel,
+        cuda_streams = %settings.engine.cuda_streams,
         traces = telemetry.exports_traces(),
         metrics = ?settings.telemetry.metrics_addr,
         "starting"

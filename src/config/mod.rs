@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::replica::cpu_cores;
-use crate::engine::{DType, DenseKernel, DeviceSpec};
+use crate::engine::{CudaStreams, DType, DenseKernel, DeviceSpec};
 
 pub mod security;
 pub use security::{AuthSettings, KeyLimits, ReflectionAccess, TlsSettings};
@@ -227,6 +227,9 @@ pub struct EngineSettings {
     /// What computes the dense layers: auto (oneDNN on a CPU, libtorch's `linear` on CUDA),
     /// onednn or aten.
     pub dense_kernel: DenseKernel,
+    /// Which CUDA stream a CUDA worker computes on: shared (libtorch's default stream, which the
+    /// workers of a GPU share) or per-worker (one of its own, so that they overlap).
+    pub cuda_streams: CudaStreams,
     /// CPU threads for libtorch, split between CPU workers; 0 means all cores.
     pub cpu_threads: usize,
     /// First wait before a failed worker is started again; it doubles on each failure in a row.
@@ -242,6 +245,7 @@ impl Default for EngineSettings {
             workers_per_device: None,
             dtype: DType::F32,
             dense_kernel: DenseKernel::Auto,
+            cuda_streams: CudaStreams::Shared,
             cpu_threads: 0,
             restart_backoff_ms: 100,
             max_restart_backoff_ms: 10_000,
@@ -448,6 +452,10 @@ impl Settings {
                 .resolve(*device)
                 .map_err(|e| invalid("engine.dense_kernel", e))?;
         }
+        self.engine
+            .cuda_streams
+            .check_devices(&self.engine.devices)
+            .map_err(|e| invalid("engine.cuda_streams", e))?;
         let positive = [
             ("server.max_message_bytes", self.server.max_message_bytes),
             ("server.max_response_bytes", self.server.max_response_bytes),
@@ -702,6 +710,10 @@ mod tests {
                     s.engine.dtype = DType::F32;
                     s.engine.dense_kernel = DenseKernel::Onednn;
                 }),
+            ),
+            (
+                "engine.cuda_streams",
+                Box::new(|s| s.engine.cuda_streams = CudaStreams::PerWorker),
             ),
             (
                 "batching.stream_share",

@@ -146,6 +146,44 @@ impl std::fmt::Display for DenseKernel {
     }
 }
 
+/// Which CUDA stream a CUDA worker computes on (`engine.cuda_streams`; `cuda.rs` says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CudaStreams {
+    /// libtorch's default stream, which the workers of one GPU share.
+    #[default]
+    Shared,
+    /// A stream of its own from libtorch's pool for each worker, so that workers of one GPU
+    /// overlap. Needs a CUDA device.
+    PerWorker,
+}
+
+impl CudaStreams {
+    /// Refuses per-worker streams where no device is a GPU: the setting would do nothing.
+    pub fn check_devices(self, devices: &[DeviceSpec]) -> Result<(), String> {
+        match self {
+            CudaStreams::PerWorker if !devices.iter().any(|d| d.0.is_cuda()) => Err(format!(
+                "cuda streams per-worker needs a CUDA device, and the devices are {}",
+                devices
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for CudaStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CudaStreams::Shared => "shared",
+            CudaStreams::PerWorker => "per-worker",
+        })
+    }
+}
+
 /// The CPU's feature flags, from /proc/cpuinfo (empty where it cannot be read).
 fn cpu_flags() -> &'static [String] {
     static FLAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -265,5 +303,26 @@ mod tests {
         let parsed: DenseKernel = serde_json::from_str("\"onednn\"").unwrap();
         assert_eq!(parsed, DenseKernel::Onednn);
         assert_eq!(DenseKernel::Aten.to_string(), "aten");
+    }
+
+    #[test]
+    fn per_worker_cuda_streams_are_refused_where_no_device_is_a_gpu() {
+        let cpu = DeviceSpec(Device::Cpu);
+        let cuda = DeviceSpec(Device::Cuda(1));
+        let refused = CudaStreams::PerWorker.check_devices(&[cpu]).unwrap_err();
+        assert_eq!(
+            refused,
+            "cuda streams per-worker needs a CUDA device, and the devices are cpu"
+        );
+        assert_eq!(CudaStreams::PerWorker.check_devices(&[cpu, cuda]), Ok(()));
+        assert_eq!(CudaStreams::Shared.check_devices(&[cpu]), Ok(()));
+        let parsed: CudaStreams = serde_json::from_str("\"per-worker\"").unwrap();
+        assert_eq!(parsed, CudaStreams::PerWorker);
+        assert_eq!(CudaStreams::PerWorker.to_string(), "per-worker");
+        use clap::ValueEnum;
+        assert_eq!(
+            CudaStreams::from_str("per-worker", false),
+            Ok(CudaStreams::PerWorker)
+        );
     }
 }

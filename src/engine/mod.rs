@@ -3,6 +3,7 @@
 //! each input's result is cut back out. A worker thread owns one `Engine` (tch tensors are not
 //! Sync); the batch layer drives it through the small `Compute` trait, so its rules for failures
 //! are tested with a fake.
+pub mod cuda;
 pub mod device;
 pub mod options;
 pub mod replica;
@@ -12,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use tch::{Device, Kind, Tensor};
 
-pub use device::{DType, DenseKernel, DeviceSpec, cpu_has_amx_bf16, cpu_has_bf16};
+pub use device::{CudaStreams, DType, DenseKernel, DeviceSpec, cpu_has_amx_bf16, cpu_has_bf16};
 
 use crate::model::bert::HiddenStates;
 use crate::model::heads::{l2_normalize, pool as pool_hidden};
@@ -198,7 +199,8 @@ impl Engine {
             mask[start..start + n].fill(1);
         }
         let shape = [batch_size, width as i64];
-        let to_device = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        // On a GPU, queued on the worker's stream through page-locked memory (`cuda::upload`).
+        let to_device = |v: &[i64]| cuda::upload(&Tensor::from_slice(v).view(shape), device);
         let (ids, types, mask) = (to_device(&ids), to_device(&types), to_device(&mask));
 
         let last = self.model.num_layers();

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use tch::Device;
 
 use super::{
-    DType, DenseKernel, DeviceSpec, EmbedOptions, Engine, EngineInput, Task, cpu_has_amx_bf16,
+    CudaStreams, DType, DenseKernel, DeviceSpec, EmbedOptions, Engine, EngineInput, Task,
+    cpu_has_amx_bf16, cuda,
 };
 use crate::model::{Model, ModelError, ModelSpec};
 use crate::tokenize::Tokenized;
@@ -19,6 +20,8 @@ pub struct ReplicaPlan {
     pub workers_per_device: usize,
     pub dtype: DType,
     pub dense_kernel: DenseKernel,
+    /// Which stream a CUDA worker computes on.
+    pub cuda_streams: CudaStreams,
     /// CPU threads for libtorch, split evenly between CPU workers; 0: all cores.
     pub cpu_threads: usize,
     /// Inputs in the warm-up batch.
@@ -62,6 +65,13 @@ impl ReplicaPlan {
                 device: device.to_string(),
                 reason,
             })?;
+        if let (Device::Cuda(gpu), CudaStreams::PerWorker) = (device.0, self.cuda_streams) {
+            // Before the weights load, so that everything of this replica is on its stream.
+            cuda::use_own_stream(gpu).map_err(|reason| ModelError::Device {
+                device: device.to_string(),
+                reason: format!("no stream of its own: {reason}"),
+            })?;
+        }
         let threads = self.threads(device);
         set_thread_count(threads);
         if self.dtype == DType::Bf16 && device.0 == Device::Cpu && !cpu_has_amx_bf16() {

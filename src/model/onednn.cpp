@@ -2,18 +2,16 @@
 // `mkldnn::_linear_pointwise`), for Rust. The two operators are registered by libtorch_cpu in the
 // `mkldnn` namespace, outside ATen's generated API, so tch has no binding for them; they are
 // called here through the dispatcher, boxed, which costs microseconds against a product's
-// milliseconds. Tensors cross as `at::Tensor*`, as torch-sys passes them. No C++ exception
-// crosses into Rust: each call returns null and a message to free with `bertd_free_error`.
+// milliseconds. Failures cross as src/shim/shim.h says.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 #include <ATen/core/stack.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <optional>
 #include <string>
+
+#include "../shim/shim.h"
 
 namespace {
 
@@ -30,26 +28,6 @@ const std::optional<c10::OperatorHandle>& reorder_op() {
 const std::optional<c10::OperatorHandle>& linear_op() {
   static const auto op = find("mkldnn::_linear_pointwise");
   return op;
-}
-
-char* copy_message(const char* message) {
-  size_t length = std::strlen(message);
-  char* copy = static_cast<char*>(std::malloc(length + 1));
-  if (copy != nullptr) std::memcpy(copy, message, length + 1);
-  return copy;
-}
-
-template <typename F>
-at::Tensor* guarded(char** error, F body) {
-  *error = nullptr;
-  try {
-    return new at::Tensor(body());
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-  }
-  return nullptr;
 }
 
 at::Tensor call(const std::optional<c10::OperatorHandle>& op, torch::jit::Stack stack) {
@@ -69,7 +47,7 @@ int bertd_onednn_available() {
 
 // `weight` [out, in] reordered into oneDNN's blocked layout for products of about `rows` rows.
 at::Tensor* bertd_onednn_pack(const at::Tensor* weight, int64_t rows, char** error) {
-  return guarded(error, [&] {
+  return bertd::guarded(error, [&] {
     torch::jit::Stack stack;
     stack.emplace_back(*weight);
     stack.emplace_back(rows);
@@ -82,7 +60,7 @@ at::Tensor* bertd_onednn_pack(const at::Tensor* weight, int64_t rows, char** err
 at::Tensor* bertd_onednn_linear(const at::Tensor* input, const at::Tensor* packed,
                                 const at::Tensor* bias, const char* attr,
                                 const char* algorithm, char** error) {
-  return guarded(error, [&] {
+  return bertd::guarded(error, [&] {
     torch::jit::Stack stack;
     stack.emplace_back(*input);
     stack.emplace_back(*packed);
@@ -93,7 +71,5 @@ at::Tensor* bertd_onednn_linear(const at::Tensor* input, const at::Tensor* packe
     return call(linear_op(), std::move(stack));
   });
 }
-
-void bertd_free_error(char* error) { std::free(error); }
 
 }  // extern "C"

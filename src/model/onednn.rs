@@ -14,6 +14,8 @@ use std::ffi::{CStr, c_char, c_int};
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::shim::returned;
+
 unsafe extern "C" {
     fn bertd_onednn_available() -> c_int;
     fn bertd_onednn_pack(
@@ -29,7 +31,6 @@ unsafe extern "C" {
         algorithm: *const c_char,
         error: *mut *mut c_char,
     ) -> *mut C_tensor;
-    fn bertd_free_error(error: *mut c_char);
 }
 
 /// Whether this libtorch has the oneDNN operators (x86 builds do; some ARM builds do not).
@@ -84,28 +85,6 @@ pub fn linear(input: &Tensor, packed: &Tensor, bias: &Tensor, fused: Fused) -> T
     // A libtorch error here is a bug or an exhausted machine, as with tch's own operators: the
     // engine turns the panic into a failed batch.
     .unwrap_or_else(|message| panic!("oneDNN linear: {message}"))
-}
-
-/// Takes ownership of what a shim call returned: a tensor, or the message of the C++ exception.
-fn returned(call: impl FnOnce(*mut *mut c_char) -> *mut C_tensor) -> Result<Tensor, String> {
-    let mut error: *mut c_char = std::ptr::null_mut();
-    let tensor = call(&mut error);
-    if tensor.is_null() {
-        // SAFETY: on failure the shim sets `error` to a malloc'd C string (or leaves it null
-        // when even that allocation failed); it is freed once, here.
-        let message = unsafe {
-            if error.is_null() {
-                "out of memory".to_string()
-            } else {
-                let text = CStr::from_ptr(error).to_string_lossy().into_owned();
-                bertd_free_error(error);
-                text
-            }
-        };
-        return Err(message);
-    }
-    // SAFETY: a non-null result is a heap-allocated `at::Tensor` that nothing else owns.
-    Ok(unsafe { Tensor::from_ptr(tensor) })
 }
 
 #[cfg(test)]

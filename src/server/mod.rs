@@ -305,6 +305,7 @@ pub async fn run(
         workers_per_device: settings.engine.workers_per_device(),
         dtype: settings.engine.dtype,
         dense_kernel: settings.engine.dense_kernel,
+        cuda_streams: settings.engine.cuda_streams,
         cpu_threads: settings.engine.cpu_threads,
         warm_up_batch: settings.max_batch_size(),
         warm_up_tokens: settings.max_batch_tokens(),
