@@ -1,6 +1,7 @@
-//! Cutting long texts before tokenizing changes nothing the model sees: for generated texts of
-//! every kind, the pre-cut path gives exactly the ids and truncation flag of tokenizing the whole
-//! text, with the test models' tokenizer and the default model's.
+//! Cutting long texts before tokenizing, and skipping their offsets, changes nothing the model
+//! sees: for generated texts of every kind, the model's path (pre-cut, ids only) gives exactly the
+//! ids and truncation flag of tokenizing the whole text with offsets (the Tokenize call's path),
+//! with the test models' tokenizer and the default model's.
 mod common;
 
 use std::sync::Arc;
