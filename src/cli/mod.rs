@@ -104,10 +104,8 @@ fn load(args: &ModelArgs) -> anyhow::Result<Loaded> {
     args.cuda_streams
         .check_devices(&[args.device])
         .map_err(anyhow::Error::msg)?;
-    if let (tch::Device::Cuda(gpu), CudaStreams::PerWorker) = (args.device.0, args.cuda_streams) {
-        cuda::use_own_stream(gpu)
-            .map_err(|e| anyhow!("a stream of its own on {}: {e}", args.device))?;
-    }
+    cuda::choose_stream(args.cuda_streams, args.device.0)
+        .map_err(|e| anyhow!("a stream of its own on {}: {e}", args.device))?;
     let spec = Arc::new(ModelSpec::load(&dir).context("loading the model")?);
     let tokenizer = BertTokenizer::load(&spec).context("loading the tokenizer")?;
     let kernel = args

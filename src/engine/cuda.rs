@@ -18,6 +18,7 @@ use std::ffi::{c_char, c_int};
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
+use super::CudaStreams;
 use crate::shim::{message, returned};
 
 unsafe extern "C" {
@@ -29,8 +30,17 @@ unsafe extern "C" {
     ) -> *mut C_tensor;
 }
 
+/// Puts the calling thread on the stream that `streams` chooses on `device`: with `PerWorker` on
+/// a CUDA device, a stream of its own; otherwise libtorch's default, as it already is.
+pub fn choose_stream(streams: CudaStreams, device: Device) -> Result<(), String> {
+    match (device, streams) {
+        (Device::Cuda(index), CudaStreams::PerWorker) => use_own_stream(index),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a stream of libtorch's pool the calling thread's current stream on CUDA device `index`.
-pub fn use_own_stream(index: usize) -> Result<(), String> {
+fn use_own_stream(index: usize) -> Result<(), String> {
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: plain integer in; on failure the shim sets `error`, which `message` frees.
     let done = unsafe { bertd_cuda_use_pool_stream(index as c_int, &mut error) };

@@ -65,13 +65,11 @@ impl ReplicaPlan {
                 device: device.to_string(),
                 reason,
             })?;
-        if let (Device::Cuda(gpu), CudaStreams::PerWorker) = (device.0, self.cuda_streams) {
-            // Before the weights load, so that everything of this replica is on its stream.
-            cuda::use_own_stream(gpu).map_err(|reason| ModelError::Device {
-                device: device.to_string(),
-                reason: format!("no stream of its own: {reason}"),
-            })?;
-        }
+        // Before the weights load, so that everything of this replica is on its stream.
+        cuda::choose_stream(self.cuda_streams, device.0).map_err(|reason| ModelError::Device {
+            device: device.to_string(),
+            reason: format!("no stream of its own: {reason}"),
+        })?;
         let threads = self.threads(device);
         set_thread_count(threads);
         if self.dtype == DType::Bf16 && device.0 == Device::Cpu && !cpu_has_amx_bf16() {
