@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 ADDR ?= 127.0.0.1:50051
 
-.PHONY: setup build run test lint bench compare stream-memory gpu-pack fuzz soak fixtures clean
+.PHONY: setup build run test lint bench bench-tokenize compare stream-memory gpu-pack fuzz soak fixtures clean
 
 setup: $(SETUP_STAMP) $(NODE_STAMP)
 
@@ -47,6 +47,12 @@ bench: setup
 	cargo bench --bench engine_throughput
 	cargo bench --bench grpc_throughput
 	cargo bench --bench telemetry_overhead
+	$(MAKE) bench-tokenize
+
+## Tokenizing per input on one thread, bertd's path against HuggingFace's, on the realistic corpus.
+bench-tokenize: setup
+	.venv/bin/python bench/corpus.py --lines 2000 --out target/corpus-2000.txt
+	cargo bench --bench tokenize -- --corpus target/corpus-2000.txt
 
 ## bertd against sentence-transformers, transformers and ONNX Runtime on one realistic corpus, in one
 ## run (ratios). Extra server flags: make compare ARGS="--max-batch-size 16".

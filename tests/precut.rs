@@ -1,5 +1,6 @@
-//! Cutting long texts before tokenizing, and skipping their offsets, changes nothing the model
-//! sees: for generated texts of every kind, the model's path (pre-cut, ids only) gives exactly the
+//! Cutting long texts before tokenizing, and skipping their offsets (through bertd's own WordPiece
+//! ids, src/tokenize/wordpiece.rs), changes nothing the model sees: for generated texts of every
+//! kind, pairs, with and without truncation, the model's path (pre-cut, ids only) gives exactly the
 //! ids and truncation flag of tokenizing the whole text with offsets (the Tokenize call's path),
 //! with the test models' tokenizer and the default model's.
 mod common;

@@ -6,17 +6,25 @@
 //! BERT's own tokenizer (`BertNormalizer`, `BertPreTokenizer`, WordPiece) a long text that will be
 //! truncated is first cut (`precut`) to a prefix that gives the same tokens up to the maximum
 //! length, so 100,000 characters cost what a few thousand do.
+//!
+//! For the model's ids, BERT's own tokenizer runs through `wordpiece`: HuggingFace's steps
+//! without its per-character bookkeeping, the same ids at an eighth of the time (BENCHMARKS.md),
+//! which on a GPU decides how many inputs a host core can feed. HuggingFace still loads the
+//! tokenizer, truncates, adds the special tokens, tokenizes what `wordpiece` leaves to it (other
+//! tokenizers, texts holding an added token), and serves the Tokenize call with its offsets.
 pub mod pool;
 mod precut;
+mod wordpiece;
 
 use tokenizers::utils::truncation::{
     TruncationDirection, TruncationParams, TruncationStrategy, truncate_encodings,
 };
 use tokenizers::{
-    Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PreTokenizerWrapper, Tokenizer,
+    Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PreTokenizerWrapper, Token, Tokenizer,
 };
 
 use crate::model::{ModelError, ModelSpec};
+use wordpiece::WordPieceIds;
 
 /// One input: a text, or a pair of texts (segments A and B).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,14 +114,27 @@ pub enum TokenizeError {
     Tokenizer(String),
 }
 
+/// `text`'s ids through the fast path, as an encoding for HuggingFace's truncation and special
+/// tokens (which read only its ids); `None` when the text is left to HuggingFace.
+fn ids_only(fast: &WordPieceIds, text: &str) -> Option<Encoding> {
+    let mut ids = Vec::new();
+    if !fast.ids(text, &mut ids) {
+        return None;
+    }
+    let tokens = ids
+        .into_iter()
+        .map(|id| Token::new(id, String::new(), (0, 0)));
+    Some(Encoding::from_tokens(tokens.collect(), 0))
+}
+
 /// Texts refused for their length are counted exactly up to this many times the maximum.
 const EXACT_COUNT_UP_TO: usize = 4;
 
 /// What an encoding is for, which decides how much of it is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
-    /// The model's ids only: no offsets (the tokenizer's fast path, 12-14% less time on
-    /// realistic text, which a GPU server spends on every input), and long texts pre-cut.
+    /// The model's ids only: no offsets (`wordpiece`, or else HuggingFace's `encode_fast`),
+    /// and long texts pre-cut.
     Model,
     /// Showing the tokens: character offsets, and every text tokenized whole.
     Display,
@@ -126,6 +147,8 @@ pub struct BertTokenizer {
     /// Whether long texts may be cut before tokenizing (BERT's own normalizer, pre-tokenizer
     /// and model, whose tokens `precut` knows how to bound).
     precut: bool,
+    /// BERT's tokenizer for the model's ids, HuggingFace's without its bookkeeping (`wordpiece`).
+    fast: Option<WordPieceIds>,
 }
 
 impl BertTokenizer {
@@ -171,6 +194,7 @@ impl BertTokenizer {
             Some(PreTokenizerWrapper::BertPreTokenizer(_))
         ) && matches!(inner.get_model(), ModelWrapper::WordPiece(_));
         Ok(BertTokenizer {
+            fast: WordPieceIds::of(&inner),
             inner,
             max_length: spec.max_length,
             supports_pairs: spec.config.type_vocab_size >= 2,
@@ -273,7 +297,10 @@ impl BertTokenizer {
         }
         let encode = |text: &str| {
             match purpose {
-                Purpose::Model => self.inner.encode_fast(text, false),
+                Purpose::Model => match self.fast.as_ref().and_then(|f| ids_only(f, text)) {
+                    Some(encoding) => Ok(encoding),
+                    None => self.inner.encode_fast(text, false),
+                },
                 Purpose::Display => self.inner.encode_char_offsets(text, false),
             }
             .map_err(failed)

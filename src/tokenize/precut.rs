@@ -49,7 +49,7 @@ fn scan(text: &str, keep: usize) -> (usize, Option<usize>) {
 }
 
 /// The ranges BERT's normalizer treats as CJK ideographs (each becomes a word of its own).
-fn is_cjk_ideograph(c: char) -> bool {
+pub(super) fn is_cjk_ideograph(c: char) -> bool {
     matches!(
         c as u32,
         0x4E00..=0x9FFF
