@@ -20,7 +20,8 @@ One table on stdout, everything in OUT/gpu.json; the exit status is non-zero whe
 or a stage fails (throughput is reported, not judged). A lent GPU is scarce, so one call
 must bring back all it can: a preflight (one input through `bertd encode` on the device) stops
 the run at once when the device cannot be used; otherwise a stage that fails is recorded with
-its error and the others still run; OUT/gpu.json is written after every stage, so a call cut
+its error (for a server that failed, its exit status and the end of its log: `bertd bench` stops
+waiting as soon as the server's process has exited) and the others still run; OUT/gpu.json is written after every stage, so a call cut
 short by the machine's time limit still returns what was measured; and each throughput stage
 runs only within --budget-s of the start (one left out for time is listed under "skipped" in the
 report and on stdout, and is not a failure: nothing was wrong with bertd).
@@ -244,6 +245,11 @@ def busy_workers(run):
     return forward_ms / 1000 * (run["inputs"] / per_batch) / run["seconds"]
 
 
+def last_lines(text, lines=5):
+    """The end of a process's output, for an error message."""
+    return " | ".join(text.strip().splitlines()[-lines:])
+
+
 def save_metrics(addr, path):
     """The server's metrics after its runs (queue waits, batch sizes, forward times, by
     histogram), kept with the report for what its table does not show. Not a stage's failure
@@ -266,7 +272,8 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
     env = bertd_env()
     env["BERTD_TELEMETRY__METRICS_ADDR"] = metrics
     name = "-".join([model_dir.name, *[f.lstrip("-") for f in flags]])
-    log = open(out / f"server-{name}.log", "w")
+    log_path = out / f"server-{name}.log"
+    log = open(log_path, "w")
     server = subprocess.Popen([bertd, "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model_dir),
                                "--devices", device, "--dtype", dtype, "--log-level", "warn", *flags],
                               stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -274,11 +281,19 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
     def run(streams, inputs, label):
         report = out / f"bench-{name}-x{streams}-{label}.json"
         left = max(1.0, deadline - time.monotonic())  # whole seconds for bertd's --connect-timeout-s
-        subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
-                        "--concurrency", streams, *(["--inputs", str(inputs)] if inputs else []),
-                        "--metrics", metrics, "--pid", str(server.pid), "--json", str(report),
-                        "--connect-timeout-s", str(int(min(SERVE_TIMEOUT_S, left)))],
-                       check=True, stdout=subprocess.DEVNULL, env=env, timeout=left)
+        # bertd bench stops waiting for the server as soon as its process (--pid) has exited.
+        done = subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
+                               "--concurrency", streams, *(["--inputs", str(inputs)] if inputs else []),
+                               "--metrics", metrics, "--pid", str(server.pid), "--json", str(report),
+                               "--connect-timeout-s", str(int(min(SERVE_TIMEOUT_S, left)))],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, timeout=left)
+        print(done.stderr, end="", file=sys.stderr, flush=True)
+        if done.returncode != 0:
+            status = server.poll()
+            log.flush()
+            raise RuntimeError(f"bertd bench failed ({done.returncode}): {last_lines(done.stderr)}; the server "
+                               f"{'is running' if status is None else f'exited ({status})'}, its log ends: "
+                               f"{last_lines(log_path.read_text(errors='replace'))}")
         return json.loads(report.read_text())
 
     try:

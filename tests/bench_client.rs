@@ -158,6 +158,49 @@ fn bench_names_a_missing_corpus() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--corpus /nonexistent/corpus.txt"));
 }
 
+/// Far longer than a failed server takes to be noticed: were `bertd bench` to wait it out, the
+/// test would take this long and then fail on the message.
+const LONG_CONNECT_TIMEOUT_S: &str = "600";
+
+/// A server that fails to start (its model is missing) is reported as soon as its process has
+/// exited, with the reason to look for, instead of after the whole connect timeout. The process
+/// is left unreaped, a zombie, as a benchmark script's child is until it waits for it.
+#[test]
+fn bench_stops_waiting_when_the_servers_process_has_exited() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_bertd"))
+        .args([
+            "serve",
+            "--model",
+            "/nonexistent/model",
+            "--addr",
+            &addr.to_string(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "A man is eating food.\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_bertd"))
+        .args(["bench", "--server", &format!("http://{addr}")])
+        .args(["--corpus", corpus.to_str().unwrap()])
+        .args(["--pid", &server.id().to_string()])
+        .args(["--connect-timeout-s", LONG_CONNECT_TIMEOUT_S])
+        .output()
+        .unwrap();
+    assert!(!server.wait().unwrap().success());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the server's process ({}) exited", server.id())),
+        "{stderr}"
+    );
+}
+
 /// bench/corpus.py's realistic corpus of `lines` lines at `path`.
 fn write_corpus(path: &Path, lines: usize) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -239,6 +282,10 @@ const SWEPT: &str = "--max-batch-size 4";
 const SWEPT_BATCH: u64 = 4;
 /// How bench/gpu.py names the files of a server run with SWEPT (its flags, dashes dropped).
 const SWEPT_NAME: &str = "max-batch-size-4";
+/// A setting the GPU sweep tries that a server on CPU refuses at start, swept before SWEPT.
+const REFUSED: &str = "--cuda-streams per-worker";
+/// What the server says when it refuses REFUSED.
+const REFUSED_REASON: &str = "needs a CUDA device";
 /// How long the dry run times the raw forward, and the least a bertd run that counts lasts: more
 /// than the 48-line corpus once takes here (bertd serves the MiniLM shape at about 80 inputs/s
 /// on 2 cores), so that the runs are sized.
@@ -299,19 +346,37 @@ fn gpu_report(dir: &Path) -> Value {
 
 /// bench/gpu.py, the script a lent GPU machine runs, run here on CPU: the same code path with
 /// `--device cpu` (only the device and the precisions differ), so that it is ready when a GPU is.
+/// A swept setting that the server refuses fails its own stage alone, at once, with the server's
+/// reason; the script exits non-zero for it, and everything else runs and passes.
 #[test]
 fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     let dir = tempfile::tempdir().unwrap();
-    succeed(
-        cpu_dry_run(dir.path())
-            .args(["--concurrency", "1,2"])
-            .args(["--sweep", SWEPT, "--sweep-concurrency", "2"])
-            .args(["--ceiling-s", &CEILING_S.to_string()])
-            .args(["--budget-s", &DRY_RUN_BUDGET_S.to_string()])
-            .args(["--run-s", &RUN_S.to_string()]),
+    let run = cpu_dry_run(dir.path())
+        .args(["--concurrency", "1,2"])
+        .args(["--sweep", &format!("{REFUSED};{SWEPT}")])
+        .args(["--sweep-concurrency", "2"])
+        .args(["--ceiling-s", &CEILING_S.to_string()])
+        .args(["--budget-s", &DRY_RUN_BUDGET_S.to_string()])
+        .args(["--run-s", &RUN_S.to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("FAILED: sweep minilm {REFUSED}\n")),
+        "{stderr}"
     );
     let report = gpu_report(dir.path());
-    assert_eq!(report["errors"], serde_json::json!([]), "no stage failed");
+    let errors = report["errors"].as_array().unwrap();
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the refused setting failed: {errors:?}"
+    );
+    assert_eq!(errors[0]["stage"], format!("sweep minilm {REFUSED}"));
+    let error = errors[0]["error"].as_str().unwrap();
+    assert!(error.contains("exited before"), "{error}");
+    assert!(error.contains(REFUSED_REASON), "{error}");
     assert_eq!(report["skipped"], serde_json::json!([]), "every stage ran");
     // Each server's metrics are kept beside the report, for what the table does not show.
     for name in ["random-minilm", &format!("random-minilm-{}", SWEPT_NAME)] {

@@ -56,7 +56,8 @@ pub struct BenchArgs {
     /// The server's metrics endpoint (HOST:PORT), for its padding ratio.
     #[arg(long)]
     metrics: Option<String>,
-    /// The server's process id, for its peak resident memory.
+    /// The server's process id, for its peak resident memory; waiting for the server ends as
+    /// soon as this process has exited.
     #[arg(long)]
     pid: Option<u32>,
     /// Also write the results here, as JSON.
@@ -117,7 +118,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         total: 0,
     };
     runtime.block_on(async {
-        let channel = connect(&args.server, Duration::from_secs(args.connect_timeout_s)).await?;
+        let timeout = Duration::from_secs(args.connect_timeout_s);
+        let channel = connect(&args.server, timeout, args.pid).await?;
         let mut runs = Vec::new();
         for &concurrency in &args.concurrency {
             runs.push(measure(&args, &channel, &plan, concurrency).await?);
@@ -206,7 +208,9 @@ async fn measure(
 }
 
 /// A channel to the server once its health says SERVING (it may still be loading its model).
-async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
+/// Given the server's process (`pid`), it stops waiting as soon as that process has exited: a
+/// server that failed to start is reported at once, not after the whole timeout.
+async fn connect(url: &str, timeout: Duration, pid: Option<u32>) -> anyhow::Result<Channel> {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     let endpoint =
@@ -226,6 +230,9 @@ async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Channel> {
             }
             Err(e) => e.to_string(),
         };
+        if let Some(pid) = pid.filter(|&pid| !running(pid)) {
+            bail!("the server's process ({pid}) exited before {url} was SERVING: {last}");
+        }
         if Instant::now() >= deadline {
             bail!("{url} was not SERVING within {timeout:?}: {last}");
         }
@@ -479,6 +486,17 @@ async fn sample_rss(
     }
     let end = status_bytes(pid, "VmRSS:")?;
     Ok((start, max.max(end), end))
+}
+
+/// Whether process `pid` is still running: neither gone nor a zombie (a server that has exited
+/// stays one until its parent, such as a benchmark script, waits for it).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|state| !matches!(state.trim_start().chars().next(), Some('Z' | 'X')))
+    })
 }
 
 /// A memory figure of the process from /proc/PID/status (`field`: VmRSS:, VmHWM:), in bytes.
