@@ -21,10 +21,11 @@ or a stage fails (throughput is reported, not judged). A lent GPU is scarce, so 
 must bring back all it can: a preflight (one input through `bertd encode` on the device) stops
 the run at once when the device cannot be used; otherwise a stage that fails is recorded with
 its error (for a server that failed, its exit status and the end of its log: `bertd bench` stops
-waiting as soon as the server's process has exited) and the others still run; OUT/gpu.json is written after every stage, so a call cut
-short by the machine's time limit still returns what was measured; and each throughput stage
-runs only within --budget-s of the start (one left out for time is listed under "skipped" in the
-report and on stdout, and is not a failure: nothing was wrong with bertd).
+waiting as soon as the server's process has exited) and the others still run; OUT/gpu.json is
+written after every stage, so a call cut short by the machine's time limit still returns what was
+measured; and each throughput stage runs only within --budget-s of the start (one left out for
+time is listed under "skipped" in the report and on stdout, and is not a failure: nothing was
+wrong with bertd).
 
 usage: gpu.py --bertd BIN --assets DIR --device cuda:0 --out DIR
               [--dtypes fp32,fp16,bf16] [--serve-dtype fp16] [--shapes minilm,bert-base]
