@@ -1,5 +1,6 @@
 //! BERT's tokenizer (`BertNormalizer`, `BertPreTokenizer`, WordPiece) for the model's ids only:
-//! the same ids as HuggingFace's `encode_fast`, several times faster.
+//! the same ids as HuggingFace's `encode_fast`, about eight times faster on realistic text
+//! (BENCHMARKS.md, `make bench-tokenize`).
 //!
 //! Why: on a GPU the host tokenizes every input while the device computes, and HuggingFace's
 //! pipeline spends most of its time on bookkeeping the model never reads: an alignment per
@@ -7,8 +8,8 @@
 //! token. Here the text goes through the same steps once, character by character, into one
 //! reused word buffer, and WordPiece looks its pieces up without building strings.
 //!
-//! Invariants (tests compare every step with HuggingFace's on the corpus, the fixtures and
-//! random Unicode text):
+//! Invariants (tests compare the ids with HuggingFace's on hand-picked hard text, with every
+//! normalizer setting, and on random Unicode text; `make bench-tokenize` on the realistic corpus):
 //! - The steps are HuggingFace's, in its order, with the same Unicode tables (the crates it
 //!   uses: `unicode_categories`, `unicode-normalization-alignments`): clean the text (drop NUL,
 //!   U+FFFD and control characters, whitespace to a space), spaces around CJK ideographs, NFD and
