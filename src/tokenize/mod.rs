@@ -19,9 +19,7 @@ mod wordpiece;
 use tokenizers::utils::truncation::{
     TruncationDirection, TruncationParams, TruncationStrategy, truncate_encodings,
 };
-use tokenizers::{
-    Encoding, ModelWrapper, NormalizerWrapper, PostProcessor, PreTokenizerWrapper, Token, Tokenizer,
-};
+use tokenizers::{Encoding, PostProcessor, Token, Tokenizer};
 
 use crate::model::{ModelError, ModelSpec};
 use wordpiece::WordPieceIds;
@@ -186,13 +184,7 @@ impl BertTokenizer {
                 spec.max_length
             )));
         }
-        let precut = matches!(
-            inner.get_normalizer(),
-            Some(NormalizerWrapper::BertNormalizer(_))
-        ) && matches!(
-            inner.get_pre_tokenizer(),
-            Some(PreTokenizerWrapper::BertPreTokenizer(_))
-        ) && matches!(inner.get_model(), ModelWrapper::WordPiece(_));
+        let precut = wordpiece::bert_parts(&inner).is_some();
         Ok(BertTokenizer {
             fast: WordPieceIds::of(&inner),
             inner,

@@ -24,8 +24,12 @@
 use std::collections::HashMap;
 
 use ahash::RandomState;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
 use tokenizers::{ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, Tokenizer};
 use unicode_categories::UnicodeCategories;
+
+use super::precut::is_cjk_ideograph;
 use unicode_normalization_alignments::UnicodeNormalization;
 
 /// What an ASCII character does in the normalizer and pre-tokenizer (each known character
@@ -72,18 +76,7 @@ impl WordPieceIds {
     /// The fast path for `tokenizer`, when it is BERT's tokenizer and nothing in it needs what
     /// only HuggingFace's pipeline does.
     pub fn of(tokenizer: &Tokenizer) -> Option<Self> {
-        let Some(NormalizerWrapper::BertNormalizer(bert)) = tokenizer.get_normalizer() else {
-            return None;
-        };
-        if !matches!(
-            tokenizer.get_pre_tokenizer(),
-            Some(PreTokenizerWrapper::BertPreTokenizer(_))
-        ) {
-            return None;
-        }
-        let ModelWrapper::WordPiece(model) = tokenizer.get_model() else {
-            return None;
-        };
+        let (bert, model) = bert_parts(tokenizer)?;
         let added_tokens = tokenizer.get_added_tokens_decoder();
         if added_tokens.values().any(|t| t.normalized) {
             return None;
@@ -158,7 +151,7 @@ impl WordPieceIds {
             });
             // Spaces around CJK ideographs: as separate characters they split words alike.
             let spaced = cleaned.flat_map(|c| {
-                let wide = n.handle_chinese_chars && is_chinese_char(c);
+                let wide = n.handle_chinese_chars && is_cjk_ideograph(c);
                 [wide.then_some(' '), Some(c), wide.then_some(' ')]
                     .into_iter()
                     .flatten()
@@ -292,6 +285,21 @@ fn classify(c: char, n: Normalizer) -> Ascii {
     }
 }
 
+/// The normalizer and model of `tokenizer` when it is BERT's own (`BertNormalizer`,
+/// `BertPreTokenizer`, WordPiece): what both this module and `precut` are valid for.
+pub(super) fn bert_parts(tokenizer: &Tokenizer) -> Option<(&BertNormalizer, &WordPiece)> {
+    let Some(NormalizerWrapper::BertNormalizer(normalizer)) = tokenizer.get_normalizer() else {
+        return None;
+    };
+    let Some(PreTokenizerWrapper::BertPreTokenizer(_)) = tokenizer.get_pre_tokenizer() else {
+        return None;
+    };
+    let ModelWrapper::WordPiece(model) = tokenizer.get_model() else {
+        return None;
+    };
+    Some((normalizer, model))
+}
+
 /// The largest char boundary of `s` at or below `at`.
 fn floor_char_boundary(s: &str, mut at: usize) -> usize {
     while !s.is_char_boundary(at) {
@@ -312,10 +320,6 @@ fn is_control(c: char) -> bool {
 
 fn is_bert_punctuation(c: char) -> bool {
     c.is_ascii_punctuation() || c.is_punctuation()
-}
-
-fn is_chinese_char(c: char) -> bool {
-    super::precut::is_cjk_ideograph(c)
 }
 
 #[cfg(test)]
