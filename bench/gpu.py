@@ -15,6 +15,11 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client
 3. The sweep behind the GPU's batching defaults: `bertd serve` again with each of --sweep's
    settings (bigger batches, more workers per GPU, a stream per worker), at --sweep-concurrency
    streams. Every run reports its busy workers (busy_workers).
+4. The host's CPU, while the machine is lent: `make compare`'s comparison (bertd served on the CPU
+   against sentence-transformers, the sorted transformers forward, ONNX Runtime and the dense
+   layers alone) on --cpu-cores of its cores, in fp32 and, where the CPU computes it natively,
+   bf16. The issue's CPU targets are ratios on a 2-core AMD EPYC with AVX-512, a machine class
+   no session has been lent; a GPU machine's host may be one (its model and flags are reported).
 
 One table on stdout, everything in OUT/gpu.json; the exit status is non-zero when a check fails
 or a stage fails (throughput is reported, not judged). A lent GPU is scarce, so one call
@@ -25,12 +30,14 @@ waiting as soon as the server's process has exited) and the others still run; OU
 written after every stage, so a call cut short by the machine's time limit still returns what was
 measured; and each throughput stage runs only within --budget-s of the start (one left out for
 time is listed under "skipped" in the report and on stdout, and is not a failure: nothing was
-wrong with bertd).
+wrong with bertd). A stage that the budget's end cuts short keeps the runs it finished, and
+what it left out is listed under "skipped" too.
 
 usage: gpu.py --bertd BIN --assets DIR --device cuda:0 --out DIR
               [--dtypes fp32,fp16,bf16] [--serve-dtype fp16] [--shapes minilm,bert-base]
               [--check-lines 256] [--concurrency 1,8,32] [--budget-s 540]
               [--sweep "FLAGS;FLAGS"] [--sweep-concurrency 32] [--ceiling-s 2] [--run-s 4]
+              [--cpu-cores 2] [--cpu-dtypes fp32,bf16] [--cpu-baselines st,torch,onnx,dense]
 """
 import argparse
 import json
@@ -76,6 +83,19 @@ SWEEP = ("--max-batch-size 256 --max-batch-tokens 32768;"
          "--workers-per-device 2 --max-batch-size 256 --max-batch-tokens 32768;"
          "--workers-per-device 4 --max-batch-size 256 --max-batch-tokens 32768;"
          "--workers-per-device 4 --cuda-streams per-worker --max-batch-size 256 --max-batch-tokens 32768")
+
+# The host CPU's stage (4 above): the issue's machine class has 2 cores, and the corpus's first
+# CPU_LINES lines take 5-20 s a run there (the whole stage in fp32, its baselines included, about
+# 2 minutes; ONNX Runtime's export of the model is its longest part). It runs last.
+CPU_CORES = 2
+CPU_LINES = 1000
+CPU_BASELINES = "st,torch,onnx,dense"
+# What a stage serving bf16 on the CPU compares bertd with: sentence-transformers in fp32 (the
+# reference for cosines, and the issue's target's denominator) and in bf16, and the bf16 forward.
+CPU_BF16_BASELINES = "st,st_bf16,torch_bf16"
+# The CPU flags that pick the kernels (AVX2 or AVX-512 products, bf16 natively or with AMX).
+KERNEL_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -251,6 +271,24 @@ def last_lines(text, lines=5):
     return " | ".join(text.strip().splitlines()[-lines:])
 
 
+class OutOfBudget(Exception):
+    """The budget ended before a stage had anything to show: the stage is skipped, not failed."""
+
+
+def call(args, timeout, **kwargs):
+    """ARGS run to the end within TIMEOUT seconds; its stderr's end is in the error when it fails."""
+    args = [str(a) for a in args]
+    what = f"{Path(args[0]).name} {Path(args[1]).name}"
+    try:
+        done = subprocess.run(args, stderr=subprocess.PIPE, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired:
+        raise OutOfBudget(f"the budget ended during {what}") from None
+    print(done.stderr, end="", file=sys.stderr, flush=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{what} failed ({done.returncode}): {last_lines(done.stderr)}")
+    return done
+
+
 def save_metrics(addr, path):
     """The server's metrics after its runs (queue waits, batch sizes, forward times, by
     histogram), kept with the report for what its table does not show. Not a stage's failure
@@ -266,7 +304,9 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
     """`bertd serve` on the device with its default batching (or FLAGS), driven by `bertd bench`
     at each of CONCURRENCY's stream counts, all within TIMEOUT_S seconds. Each count first runs
     the corpus once (this also warms the server up for it); when that took less than RUN_S, the
-    run that counts cycles through the corpus to as many inputs as that rate gives in RUN_S."""
+    run that counts cycles through the corpus to as many inputs as that rate gives in RUN_S.
+    When the time ends during a stream count's runs, the counts before it are kept and the result
+    says which were cut ("cut"); with none finished, OutOfBudget."""
     deadline = time.monotonic() + timeout_s
     port = free_port()
     metrics = f"127.0.0.1:{free_port()}"
@@ -281,29 +321,36 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
 
     def run(streams, inputs, label):
         report = out / f"bench-{name}-x{streams}-{label}.json"
-        left = max(1.0, deadline - time.monotonic())  # whole seconds for bertd's --connect-timeout-s
+        left = deadline - time.monotonic()
+        if left < 1:  # bertd's --connect-timeout-s takes whole seconds
+            raise OutOfBudget(f"the budget ended before the runs at {streams} streams")
         # bertd bench stops waiting for the server as soon as its process (--pid) has exited.
-        done = subprocess.run([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", str(corpus),
-                               "--concurrency", streams, *(["--inputs", str(inputs)] if inputs else []),
-                               "--metrics", metrics, "--pid", str(server.pid), "--json", str(report),
-                               "--connect-timeout-s", str(int(min(SERVE_TIMEOUT_S, left)))],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, timeout=left)
-        print(done.stderr, end="", file=sys.stderr, flush=True)
-        if done.returncode != 0:
+        try:
+            call([bertd, "bench", "--server", f"http://127.0.0.1:{port}", "--corpus", corpus,
+                  "--concurrency", streams, *(["--inputs", inputs] if inputs else []),
+                  "--metrics", metrics, "--pid", server.pid, "--json", report,
+                  "--connect-timeout-s", int(min(SERVE_TIMEOUT_S, left))],
+                 left, stdout=subprocess.DEVNULL, env=env)
+        except RuntimeError as error:
             status = server.poll()
             log.flush()
-            raise RuntimeError(f"bertd bench failed ({done.returncode}): {last_lines(done.stderr)}; the server "
-                               f"{'is running' if status is None else f'exited ({status})'}, its log ends: "
-                               f"{last_lines(log_path.read_text(errors='replace'))}")
+            raise RuntimeError(f"{error}; the server {'is running' if status is None else f'exited ({status})'}, "
+                               f"its log ends: {last_lines(log_path.read_text(errors='replace'))}") from None
         return json.loads(report.read_text())
 
     try:
         result = {"runs": [], "first_runs": [], "server_peak_rss_bytes": None}
         for streams in concurrency.split(","):
-            first = run(streams, None, "first")
-            counted, once = first, first["runs"][0]
-            if once["seconds"] < run_s:
-                counted = run(streams, max(once["inputs"], round(once["inputs_per_s"] * run_s)), "sized")
+            try:
+                first = run(streams, None, "first")
+                counted, once = first, first["runs"][0]
+                if once["seconds"] < run_s:
+                    counted = run(streams, max(once["inputs"], round(once["inputs_per_s"] * run_s)), "sized")
+            except OutOfBudget:
+                if not result["runs"]:
+                    raise
+                result["cut"] = f"the budget ended at the runs at {streams} streams"
+                break
             for r in counted["runs"]:
                 r["busy_workers"] = busy_workers(r)
             result["first_runs"] += first["runs"]
@@ -319,12 +366,78 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
         log.close()
 
 
+def host_cpu():
+    """The host's processor: its model, the flags that pick the kernels, its CPU count and load."""
+    fields = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return {"model": fields.get("model name", "unknown"), "cpus": os.cpu_count(),
+            "flags": sorted(KERNEL_FLAGS & set(fields.get("flags", "").split())),
+            "load": os.getloadavg()}
+
+
+def distinct_cores(count):
+    """COUNT of the CPUs this process may run on, each on a physical core of its own where the
+    kernel says which (two SMT siblings share one core's units), and how they were chosen."""
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen, cores = [], set()
+    try:
+        for cpu in allowed:
+            topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            core = ((topology / "physical_package_id").read_text(), (topology / "core_id").read_text())
+            if core not in cores:
+                cores.add(core)
+                chosen.append(cpu)
+    except OSError as error:
+        return allowed[:count], f"the first {count} allowed; no core topology ({error})"
+    if len(chosen) < count:
+        return allowed[:count], f"the first {count} allowed; {len(chosen)} physical cores"
+    return chosen[:count], "one per physical core"
+
+
+def cpu_compare(bertd, model_dir, texts, out, dtype, baselines, cores, timeout_s):
+    """`make compare` on COUNT of the host's cores: bertd served on the CPU in DTYPE (its default
+    settings, but the thread count), driven by `bertd bench` at 1 and 4 streams over the corpus's
+    first CPU_LINES lines once, then BASELINES (bench/baselines.py) on the same lines and cores,
+    which also checks bertd's own embeddings of them against sentence-transformers'. This
+    process, and so the server, the client and the baselines, runs on those cores alone until
+    it returns."""
+    deadline = time.monotonic() + timeout_s
+    cpus, chosen = distinct_cores(cores)
+    threads = len(cpus)
+    corpus = out / "cpu-corpus.txt"
+    corpus.write_text("".join(t + "\n" for t in texts[:CPU_LINES]), encoding="utf-8")
+    bertd_json, baselines_json = out / f"cpu-{dtype}-bertd.json", out / f"cpu-{dtype}-baselines.json"
+    embeddings = out / f"cpu-{dtype}-embeddings.jsonl"
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        held = sorted(os.sched_getaffinity(0))
+        bench = serve_and_bench(bertd, model_dir, "cpu", dtype, corpus, "1,4", 0, out, timeout_s,
+                                ["--cpu-threads", str(threads)])
+        bertd_json.write_text(json.dumps(bench, indent=2) + "\n")
+        with open(corpus, encoding="utf-8") as stdin, open(embeddings, "w", encoding="utf-8") as stdout:
+            call([bertd, "encode", "--model", model_dir, "--device", "cpu", "--dtype", dtype, "--threads", threads],
+                 deadline - time.monotonic(), stdin=stdin, stdout=stdout, env=bertd_env())
+        call([sys.executable, REPO / "bench" / "baselines.py", "--corpus", corpus, "--threads", threads,
+              "--model", model_dir, "--only", baselines, "--check", embeddings, "--json", baselines_json],
+             deadline - time.monotonic(), stdout=subprocess.DEVNULL)
+    finally:
+        os.sched_setaffinity(0, previous)
+    table = call([sys.executable, REPO / "bench" / "ratios.py", bertd_json, baselines_json,
+                  f"--dtype {dtype} --cpu-threads {threads}"], 60, stdout=subprocess.PIPE).stdout
+    return {"dtype": dtype, "cpus": cpus, "chosen": chosen, "affinity": held, "bench": bench,
+            "baselines": json.loads(baselines_json.read_text()), "table": table}
+
+
 class Report:
     """What the run has found so far, saved to OUT/gpu.json after every stage."""
 
     def __init__(self, out, device):
         self.path = out / "gpu.json"
-        self.data = {"device": device, "checks": [], "speeds": [], "errors": [], "skipped": []}
+        self.data = {"device": device, "host": host_cpu(), "checks": [], "speeds": [], "cpu": [],
+                     "errors": [], "skipped": []}
         self.started = time.monotonic()
 
     def left_s(self, budget_s):
@@ -334,6 +447,9 @@ class Report:
         """RUN's result, or None when it failed: its error is recorded and printed."""
         try:
             return run()
+        except OutOfBudget as reason:
+            self.skip(name, str(reason))
+            return None
         except Exception as error:  # any failure of one stage: the others still run
             message = f"{type(error).__name__}: {error}"
             self.data["errors"].append({"stage": name, "error": message})
@@ -343,7 +459,8 @@ class Report:
             self.save()
 
     def skip(self, name, reason):
-        """A stage left out for time: reported, not a failure."""
+        """A stage, or the rest of one, left out (for time, or where this machine cannot run it):
+        reported, not a failure."""
         self.data["skipped"].append({"stage": name, "reason": reason})
         print(f"# {name}: not run: {reason}", flush=True)
         self.save()
@@ -407,6 +524,12 @@ def main():
     parser.add_argument("--budget-s", type=float, default=540,
                         help="start no throughput stage later than this many seconds from the start, "
                              "less MIN_STAGE_S, and end each by then (the device call's limit, less a margin)")
+    parser.add_argument("--cpu-cores", type=int, default=CPU_CORES,
+                        help="the host CPU's stage runs on this many cores (0: no such stage)")
+    parser.add_argument("--cpu-dtypes", default="fp32,bf16",
+                        help="the host CPU's stage in each (bf16 only where the CPU computes it natively)")
+    parser.add_argument("--cpu-baselines", default=CPU_BASELINES,
+                        help="bench/baselines.py's --only for the host CPU's fp32 stage")
     args = parser.parse_args()
     # Its load report lists the pooler that the encoders here leave out; nothing else is missing.
     import transformers
@@ -420,6 +543,9 @@ def main():
           flush=True)
 
     report = Report(args.out, args.device)
+    host = report.data["host"]
+    print(f"# host: {host['model']}, {host['cpus']} CPUs, flags {' '.join(host['flags'])}, load {host['load']}",
+          flush=True)
 
     def preflight():
         return run_bertd(args.bertd, "encode", FIXTURES / "models" / "bert_tiny", args.device, "fp32",
@@ -449,6 +575,12 @@ def main():
             return False
         return True
 
+    def kept(stage, result):
+        """RESULT, a bertd run's, after listing what the budget's end cut from it as skipped."""
+        if result is not None and "cut" in result:
+            report.skip(f"{stage} (the rest)", result["cut"])
+        return result
+
     def bench(model_dir, concurrency, flags=()):
         return serve_and_bench(args.bertd, model_dir, args.device, args.serve_dtype, corpus, concurrency,
                                args.run_s, args.out, max(1, report.left_s(args.budget_s)), flags)
@@ -463,6 +595,7 @@ def main():
         if within_budget(f"throughput {shape}"):
             speed = report.stage(f"throughput {shape}", lambda: throughput(shape, model_dir))
             if speed is not None:
+                kept(f"throughput {shape}", speed["bench"])
                 speeds[shape] = speed
                 report.data["speeds"].append(speed)
                 report.save()
@@ -470,13 +603,33 @@ def main():
         for flags in [f for f in args.sweep.split(";") if f.strip()]:
             stage = f"sweep {shape} {flags}"
             if within_budget(stage):
-                run = report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency, flags.split()))
+                run = kept(stage, report.stage(stage, lambda: bench(models[shape], args.sweep_concurrency,
+                                                                     flags.split())))
                 if run is not None:
                     speed["sweep"].append({"flags": flags, "bench": run})
                     report.save()
+    for dtype in [d for d in args.cpu_dtypes.split(",") if d and args.cpu_cores > 0]:
+        stage = f"cpu {dtype}"
+        if "minilm" not in models:
+            report.skip(stage, "it serves the minilm shape, which --shapes left out or failed to make")
+        elif dtype == "bf16" and not NATIVE_BF16_FLAGS & set(host["flags"]):
+            report.skip(stage, f"{host['model']} computes bf16 with neither AVX512-BF16 nor AMX")
+        elif within_budget(stage):
+            baselines = args.cpu_baselines if dtype == "fp32" else CPU_BF16_BASELINES
+            result = report.stage(stage, lambda: cpu_compare(
+                args.bertd, models["minilm"], texts, args.out, dtype, baselines, args.cpu_cores,
+                max(1, report.left_s(args.budget_s))))
+            if result is not None:
+                kept(stage, result["bench"])
+                report.data["cpu"].append(result)
+                report.save()
     for model_dir in models.values():
         shutil.rmtree(model_dir)
     print(table(report.data["checks"], report.data["speeds"]))
+    for result in report.data["cpu"]:
+        print(f"\n## The host's CPU: {host['model']}, {host['cpus']} CPUs, flags {' '.join(host['flags'])}; "
+              f"on CPUs {result['affinity']} ({result['chosen']})")
+        print(result["table"])
     for skipped in report.data["skipped"]:
         print(f"not run: {skipped['stage']} ({skipped['reason']})")
     failed = [c["check"] + " " + c["dtype"] for c in report.data["checks"] if not c["ok"]]

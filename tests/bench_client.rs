@@ -324,7 +324,16 @@ fn gpu_script(dir: &Path) -> Command {
     script
 }
 
-/// bench/gpu.py on CPU, as far as it can go there: fp32 only, the MiniLM shape.
+/// The baselines of the dry run's host CPU stage: sentence-transformers alone, the reference
+/// every other baseline and bertd's own embeddings are checked against (the others run in
+/// `the_python_baselines_and_bertds_own_outputs_agree_with_sentence_transformers`).
+const DRY_RUN_CPU_BASELINES: &str = "st";
+/// The cores the dry run's host CPU stage runs on: fewer than any machine has, so that the
+/// pinning shows (a GPU run takes 2, the issue's machine class).
+const DRY_RUN_CPU_CORES: usize = 1;
+
+/// bench/gpu.py on CPU, as far as it can go there: fp32 only, the MiniLM shape, and the host
+/// CPU's stage in fp32 against sentence-transformers alone.
 fn cpu_dry_run(dir: &Path) -> Command {
     let mut script = gpu_script(dir);
     script.args([
@@ -336,6 +345,13 @@ fn cpu_dry_run(dir: &Path) -> Command {
         "fp32",
     ]);
     script.args(["--shapes", "minilm"]);
+    script.args([
+        "--cpu-dtypes",
+        "fp32",
+        "--cpu-baselines",
+        DRY_RUN_CPU_BASELINES,
+    ]);
+    script.args(["--cpu-cores", &DRY_RUN_CPU_CORES.to_string()]);
     script
 }
 
@@ -347,7 +363,8 @@ fn gpu_report(dir: &Path) -> Value {
 /// bench/gpu.py, the script a lent GPU machine runs, run here on CPU: the same code path with
 /// `--device cpu` (only the device and the precisions differ), so that it is ready when a GPU is.
 /// A swept setting that the server refuses fails its own stage alone, at once, with the server's
-/// reason; the script exits non-zero for it, and everything else runs and passes.
+/// reason; the script exits non-zero for it, and everything else runs and passes, the host
+/// CPU's stage last.
 #[test]
 fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     let dir = tempfile::tempdir().unwrap();
@@ -437,6 +454,94 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
         swept["batch_inputs_mean"].as_f64().unwrap() <= SWEPT_BATCH as f64,
         "{swept}"
     );
+    assert_host_cpu_stage(&report, &String::from_utf8_lossy(&run.stdout));
+}
+
+/// The host CPU's stage: bertd served on DRY_RUN_CPU_CORES cores, at 1 and 4 streams over the corpus
+/// once, beside sentence-transformers on the same cores, its own embeddings checked against
+/// sentence-transformers', and the ratios printed.
+fn assert_host_cpu_stage(report: &Value, stdout: &str) {
+    let host = &report["host"];
+    assert!(host["cpus"].as_u64().unwrap() >= 1, "{host}");
+    assert!(!host["model"].as_str().unwrap().is_empty(), "{host}");
+    let stages = report["cpu"].as_array().unwrap();
+    assert_eq!(stages.len(), 1, "fp32 only: {stages:?}");
+    let cpu = &stages[0];
+    assert_eq!(cpu["dtype"], "fp32");
+    let cores = cpu["cpus"].as_array().unwrap();
+    assert_eq!(cores.len(), DRY_RUN_CPU_CORES, "{cpu}");
+    assert_eq!(
+        cpu["affinity"], cpu["cpus"],
+        "the stage ran on its cores alone"
+    );
+    let concurrency: Vec<u64> = cpu["bench"]["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["inputs"], DRY_RUN_LINES, "the corpus once: {r}");
+            r["concurrency"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(concurrency, [1, 4]);
+    let baselines = &cpu["baselines"];
+    assert_eq!(baselines["threads"], DRY_RUN_CPU_CORES);
+    assert_eq!(baselines["inputs"], DRY_RUN_LINES);
+    assert!(
+        baselines["sentence_transformers"]["inputs_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // fp32: bertd's own embeddings are sentence-transformers' (parity within 1e-4 elsewhere).
+    let cosine = baselines["bertd_outputs"]["min_cosine"].as_f64().unwrap();
+    assert!(cosine >= 0.99999, "{baselines}");
+    assert!(stdout.contains("## The host's CPU"), "{stdout}");
+    assert!(
+        stdout.contains("| bertd stream x4 (gRPC, end to end) |"),
+        "{stdout}"
+    );
+}
+
+/// Stream counts that the cut run asks for: more runs than fit in CUT_TIMEOUT_S on any machine
+/// (each starts a `bertd bench` process: 0.3-0.5 s here), while the first fits in it with room
+/// to spare.
+const CUT_COUNTS: usize = 1000;
+const CUT_TIMEOUT_S: u64 = 15;
+
+/// A server's runs that the budget's end cuts short keep the runs they finished and say where
+/// they were cut (bench/gpu.py lists the rest as skipped), instead of failing and losing them.
+#[test]
+fn a_gpu_script_server_cut_by_the_budget_keeps_the_runs_it_finished() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    write_corpus(&corpus, DRY_RUN_LINES);
+    let script = format!(
+        "import json, sys\n\
+         from pathlib import Path\n\
+         sys.path.insert(0, {bench:?})\n\
+         import gpu\n\
+         print(json.dumps(gpu.serve_and_bench({bertd:?}, Path({model:?}), 'cpu', 'fp32', {corpus:?}, \
+         ','.join(['1'] * {CUT_COUNTS}), 0, Path({out:?}), {CUT_TIMEOUT_S})))\n",
+        bench = root.join("bench").to_str().unwrap(),
+        bertd = env!("CARGO_BIN_EXE_bertd"),
+        model = root
+            .join("tests/fixtures/models/bert_tiny")
+            .to_str()
+            .unwrap(),
+        corpus = corpus.to_str().unwrap(),
+        out = dir.path().to_str().unwrap(),
+    );
+    let run = succeed(Command::new(root.join(".venv/bin/python")).args(["-c", &script]));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let runs = result["runs"].as_array().unwrap().len();
+    assert!(runs >= 1 && runs < CUT_COUNTS, "{runs} runs");
+    assert_eq!(
+        result["cut"], "the budget ended at the runs at 1 streams",
+        "{result}"
+    );
 }
 
 /// Each run that counts follows a first run of the corpus once, at the same concurrency, and has
@@ -469,6 +574,7 @@ fn the_gpu_script_leaves_out_throughput_stages_past_its_budget_without_failing()
     let run = succeed(cpu_dry_run(dir.path()).args(["--sweep", SWEPT, "--budget-s", "0"]));
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("not run: throughput minilm"), "{stdout}");
+    assert!(stdout.contains("not run: cpu fp32"), "{stdout}");
     let report = gpu_report(dir.path());
     assert_eq!(report["errors"], serde_json::json!([]));
     let skipped: Vec<&str> = report["skipped"]
@@ -477,8 +583,9 @@ fn the_gpu_script_leaves_out_throughput_stages_past_its_budget_without_failing()
         .iter()
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(skipped, ["throughput minilm"]);
+    assert_eq!(skipped, ["throughput minilm", "cpu fp32"]);
     assert_eq!(report["speeds"], serde_json::json!([]));
+    assert_eq!(report["cpu"], serde_json::json!([]));
     let checks = report["checks"].as_array().unwrap();
     assert!(checks.iter().any(|c| c["check"] == "random minilm"));
     assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
