@@ -20,6 +20,8 @@ weights, a corpus). The same script runs on CPU as a dry run (tests/bench_client
    layers alone) on --cpu-cores of its cores, in fp32 and, where the CPU computes it natively,
    bf16. The issue's CPU targets are ratios on a 2-core AMD EPYC with AVX-512, a machine class
    no session has been lent; a GPU machine's host may be one (its model and flags are reported).
+   Then, on all of its cores, bertd with each of --cpu-workers' worker counts: the default (one
+   worker in fp32, two in bf16) was chosen on 2 cores only.
 
 One table on stdout, everything in OUT/gpu.json; the exit status is non-zero when a check fails
 or a stage fails (throughput is reported, not judged). A lent GPU is scarce, so one call
@@ -38,6 +40,7 @@ usage: gpu.py --bertd BIN --assets DIR --device cuda:0 --out DIR
               [--check-lines 256] [--concurrency 1,8,32] [--budget-s 540]
               [--sweep "FLAGS;FLAGS"] [--sweep-concurrency 32] [--ceiling-s 2] [--run-s 4]
               [--cpu-cores 2] [--cpu-dtypes fp32,bf16] [--cpu-baselines st,torch,onnx,dense]
+              [--cpu-workers 1,2,4,8]
 """
 import argparse
 import json
@@ -96,6 +99,10 @@ CPU_BF16_BASELINES = "st,st_bf16,torch_bf16"
 # The CPU flags that pick the kernels (AVX2 or AVX-512 products, bf16 natively or with AMX).
 KERNEL_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+# Worker counts tried on all of the host's cores, and the streams that drive them (enough to
+# keep the most workers busy).
+CPU_WORKERS = "1,2,4,8"
+CPU_WORKERS_CONCURRENCY = "8"
 
 SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -312,7 +319,7 @@ def serve_and_bench(bertd, model_dir, device, dtype, corpus, concurrency, run_s,
     metrics = f"127.0.0.1:{free_port()}"
     env = bertd_env()
     env["BERTD_TELEMETRY__METRICS_ADDR"] = metrics
-    name = "-".join([model_dir.name, *[f.lstrip("-") for f in flags]])
+    name = "-".join([model_dir.name, device.replace(":", ""), dtype, *[f.lstrip("-") for f in flags]])
     log_path = out / f"server-{name}.log"
     log = open(log_path, "w")
     server = subprocess.Popen([bertd, "serve", "--addr", f"127.0.0.1:{port}", "--model", str(model_dir),
@@ -396,18 +403,16 @@ def distinct_cores(count):
     return chosen[:count], "one per physical core"
 
 
-def cpu_compare(bertd, model_dir, texts, out, dtype, baselines, cores, timeout_s):
-    """`make compare` on COUNT of the host's cores: bertd served on the CPU in DTYPE (its default
-    settings, but the thread count), driven by `bertd bench` at 1 and 4 streams over the corpus's
-    first CPU_LINES lines once, then BASELINES (bench/baselines.py) on the same lines and cores,
+def cpu_compare(bertd, model_dir, corpus, out, dtype, baselines, cores, timeout_s):
+    """`make compare` on CORES of the host's cores: bertd served on the CPU in DTYPE (its default
+    settings, but the thread count), driven by `bertd bench` at 1 and 4 streams over CORPUS
+    once, then BASELINES (bench/baselines.py) on the same lines and cores,
     which also checks bertd's own embeddings of them against sentence-transformers'. This
     process, and so the server, the client and the baselines, runs on those cores alone until
     it returns."""
     deadline = time.monotonic() + timeout_s
     cpus, chosen = distinct_cores(cores)
     threads = len(cpus)
-    corpus = out / "cpu-corpus.txt"
-    corpus.write_text("".join(t + "\n" for t in texts[:CPU_LINES]), encoding="utf-8")
     bertd_json, baselines_json = out / f"cpu-{dtype}-bertd.json", out / f"cpu-{dtype}-baselines.json"
     embeddings = out / f"cpu-{dtype}-embeddings.jsonl"
     previous = os.sched_getaffinity(0)
@@ -431,13 +436,37 @@ def cpu_compare(bertd, model_dir, texts, out, dtype, baselines, cores, timeout_s
             "baselines": json.loads(baselines_json.read_text()), "table": table}
 
 
+def cpu_workers(bertd, model_dir, corpus, out, dtype, counts, run_s, timeout_s):
+    """bertd served on all of the host's cores in DTYPE with each of COUNTS workers (the cores
+    split among them), driven at CPU_WORKERS_CONCURRENCY streams over CORPUS, its runs sized to
+    RUN_S. When the time ends, the counts
+    finished are kept ("cut" says where it ended); with none finished, OutOfBudget."""
+    deadline = time.monotonic() + timeout_s
+    result = {"dtype": dtype, "runs": []}
+    for count in counts.split(","):
+        try:
+            bench = serve_and_bench(bertd, model_dir, "cpu", dtype, corpus,
+                                    CPU_WORKERS_CONCURRENCY, run_s, out, deadline - time.monotonic(),
+                                    ["--workers-per-device", count])
+        except OutOfBudget:
+            if not result["runs"]:
+                raise
+            result["cut"] = f"the budget ended at {count} workers"
+            break
+        result["runs"].append({"workers": int(count), "bench": bench})
+        if "cut" in bench:
+            result["cut"] = f"{bench['cut']} with {count} workers"
+            break
+    return result
+
+
 class Report:
     """What the run has found so far, saved to OUT/gpu.json after every stage."""
 
     def __init__(self, out, device):
         self.path = out / "gpu.json"
         self.data = {"device": device, "host": host_cpu(), "checks": [], "speeds": [], "cpu": [],
-                     "errors": [], "skipped": []}
+                     "cpu_workers": [], "errors": [], "skipped": []}
         self.started = time.monotonic()
 
     def left_s(self, budget_s):
@@ -503,6 +532,24 @@ def table(checks, speeds):
     return "\n".join(lines)
 
 
+def workers_table(host, results):
+    lines = [f"\n## Workers on all {host['cpus']} of the host's CPUs, {CPU_WORKERS_CONCURRENCY} streams\n",
+             "| dtype | workers | inputs/s | vs the dtype's first row | p50 ms | padding ratio | inputs/batch "
+             "| busy workers |", "|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        first = None
+        for entry in result["runs"]:
+            for run in entry["bench"]["runs"]:
+                first = first or run["inputs_per_s"]
+                busy, padding, per_batch = run.get("busy_workers"), run["padding_ratio"], run["batch_inputs_mean"]
+                lines.append(f"| {result['dtype']} | {entry['workers']} | {run['inputs_per_s']:.0f} | "
+                             f"{run['inputs_per_s'] / first:.2f} | {run['latency_ms_p50']:.1f} | "
+                             f"{'-' if padding is None else f'{padding:.3f}'} | "
+                             f"{'-' if per_batch is None else f'{per_batch:.1f}'} | "
+                             f"{'-' if busy is None else f'{busy:.2f}'} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bertd", required=True)
@@ -530,6 +577,9 @@ def main():
                         help="the host CPU's stage in each (bf16 only where the CPU computes it natively)")
     parser.add_argument("--cpu-baselines", default=CPU_BASELINES,
                         help="bench/baselines.py's --only for the host CPU's fp32 stage")
+    parser.add_argument("--cpu-workers", default=CPU_WORKERS,
+                        help="worker counts to serve with on all of the host's cores, after each of "
+                             "--cpu-dtypes' comparison on --cpu-cores (empty: none)")
     args = parser.parse_args()
     # Its load report lists the pooler that the encoders here leave out; nothing else is missing.
     import transformers
@@ -608,20 +658,33 @@ def main():
                 if run is not None:
                     speed["sweep"].append({"flags": flags, "bench": run})
                     report.save()
+    # The host CPU's stages, each dtype's comparison on --cpu-cores, then its worker counts.
+    cpu_corpus = args.out / "cpu-corpus.txt"
+    cpu_corpus.write_text("".join(t + "\n" for t in texts[:CPU_LINES]), encoding="utf-8")
     for dtype in [d for d in args.cpu_dtypes.split(",") if d and args.cpu_cores > 0]:
-        stage = f"cpu {dtype}"
         if "minilm" not in models:
-            report.skip(stage, "it serves the minilm shape, which --shapes left out or failed to make")
-        elif dtype == "bf16" and not NATIVE_BF16_FLAGS & set(host["flags"]):
-            report.skip(stage, f"{host['model']} computes bf16 with neither AVX512-BF16 nor AMX")
-        elif within_budget(stage):
+            report.skip(f"cpu {dtype}", "it serves the minilm shape, which --shapes left out or failed to make")
+            continue
+        if dtype == "bf16" and not NATIVE_BF16_FLAGS & set(host["flags"]):
+            report.skip(f"cpu {dtype}", f"{host['model']} computes bf16 with neither AVX512-BF16 nor AMX")
+            continue
+        stage = f"cpu {dtype}"
+        if within_budget(stage):
             baselines = args.cpu_baselines if dtype == "fp32" else CPU_BF16_BASELINES
             result = report.stage(stage, lambda: cpu_compare(
-                args.bertd, models["minilm"], texts, args.out, dtype, baselines, args.cpu_cores,
+                args.bertd, models["minilm"], cpu_corpus, args.out, dtype, baselines, args.cpu_cores,
                 max(1, report.left_s(args.budget_s))))
             if result is not None:
                 kept(stage, result["bench"])
                 report.data["cpu"].append(result)
+                report.save()
+        stage = f"cpu workers {dtype}"
+        if args.cpu_workers and within_budget(stage):
+            workers = kept(stage, report.stage(stage, lambda: cpu_workers(
+                args.bertd, models["minilm"], cpu_corpus, args.out, dtype, args.cpu_workers, args.run_s,
+                max(1, report.left_s(args.budget_s)))))
+            if workers is not None:
+                report.data["cpu_workers"].append(workers)
                 report.save()
     for model_dir in models.values():
         shutil.rmtree(model_dir)
@@ -630,6 +693,8 @@ def main():
         print(f"\n## The host's CPU: {host['model']}, {host['cpus']} CPUs, flags {' '.join(host['flags'])}; "
               f"on CPUs {result['affinity']} ({result['chosen']})")
         print(result["table"])
+    if report.data["cpu_workers"]:
+        print(workers_table(host, report.data["cpu_workers"]))
     for skipped in report.data["skipped"]:
         print(f"not run: {skipped['stage']} ({skipped['reason']})")
     failed = [c["check"] + " " + c["dtype"] for c in report.data["checks"] if not c["ok"]]

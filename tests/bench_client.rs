@@ -280,7 +280,9 @@ const DRY_RUN_LINES: usize = 48;
 /// The one batching setting the dry run sweeps (a GPU run sweeps bigger batches and workers).
 const SWEPT: &str = "--max-batch-size 4";
 const SWEPT_BATCH: u64 = 4;
-/// How bench/gpu.py names the files of a server run with SWEPT (its flags, dashes dropped).
+/// How bench/gpu.py names the files of the dry run's servers: the model, the device and the
+/// dtype, then a swept setting's flags, dashes dropped.
+const SERVED_NAME: &str = "random-minilm-cpu-fp32";
 const SWEPT_NAME: &str = "max-batch-size-4";
 /// A setting the GPU sweep tries that a server on CPU refuses at start, swept before SWEPT.
 const REFUSED: &str = "--cuda-streams per-worker";
@@ -331,6 +333,8 @@ const DRY_RUN_CPU_BASELINES: &str = "st";
 /// The cores the dry run's host CPU stage runs on: fewer than any machine has, so that the
 /// pinning shows (a GPU run takes 2, the machine class).
 const DRY_RUN_CPU_CORES: usize = 1;
+/// The worker counts the dry run serves with on all cores (a GPU run tries 1, 2, 4 and 8).
+const DRY_RUN_CPU_WORKERS: &str = "1,2";
 
 /// bench/gpu.py on CPU, as far as it can go there: fp32 only, the MiniLM shape, and the host
 /// CPU's stage in fp32 against sentence-transformers alone.
@@ -352,6 +356,7 @@ fn cpu_dry_run(dir: &Path) -> Command {
         DRY_RUN_CPU_BASELINES,
     ]);
     script.args(["--cpu-cores", &DRY_RUN_CPU_CORES.to_string()]);
+    script.args(["--cpu-workers", DRY_RUN_CPU_WORKERS]);
     script
 }
 
@@ -396,7 +401,7 @@ fn the_gpu_script_runs_on_cpu_and_its_checks_pass() {
     assert!(error.contains(REFUSED_REASON), "{error}");
     assert_eq!(report["skipped"], serde_json::json!([]), "every stage ran");
     // Each server's metrics are kept beside the report, for what the table does not show.
-    for name in ["random-minilm", &format!("random-minilm-{}", SWEPT_NAME)] {
+    for name in [SERVED_NAME, &format!("{SERVED_NAME}-{SWEPT_NAME}")] {
         let metrics = std::fs::read_to_string(dir.path().join(format!("out/metrics-{name}.txt")))
             .unwrap_or_else(|e| panic!("metrics-{name}.txt: {e}"));
         assert!(
@@ -501,6 +506,25 @@ fn assert_host_cpu_stage(report: &Value, stdout: &str) {
         stdout.contains("| bertd stream x4 (gRPC, end to end) |"),
         "{stdout}"
     );
+
+    // Then each worker count on all cores: as many workers computed at once as it was asked
+    // for (more than one less).
+    let sweeps = report["cpu_workers"].as_array().unwrap();
+    assert_eq!(sweeps.len(), 1, "fp32 only: {sweeps:?}");
+    assert_eq!(sweeps[0]["dtype"], "fp32");
+    let entries = sweeps[0]["runs"].as_array().unwrap();
+    let counts: Vec<String> = entries.iter().map(|e| e["workers"].to_string()).collect();
+    assert_eq!(counts.join(","), DRY_RUN_CPU_WORKERS);
+    for entry in entries {
+        let workers = entry["workers"].as_f64().unwrap();
+        let run = &entry["bench"]["runs"][0];
+        let busy = run["busy_workers"].as_f64().unwrap();
+        assert!(
+            busy > workers - 1.0 && busy <= workers + BUSY_MARGIN,
+            "{entry}"
+        );
+    }
+    assert!(stdout.contains("## Workers on all"), "{stdout}");
 }
 
 /// Stream counts that the cut run asks for: more runs than fit in CUT_TIMEOUT_S on any machine
@@ -583,9 +607,13 @@ fn the_gpu_script_leaves_out_throughput_stages_past_its_budget_without_failing()
         .iter()
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(skipped, ["throughput minilm", "cpu fp32"]);
+    assert_eq!(
+        skipped,
+        ["throughput minilm", "cpu fp32", "cpu workers fp32"]
+    );
     assert_eq!(report["speeds"], serde_json::json!([]));
     assert_eq!(report["cpu"], serde_json::json!([]));
+    assert_eq!(report["cpu_workers"], serde_json::json!([]));
     let checks = report["checks"].as_array().unwrap();
     assert!(checks.iter().any(|c| c["check"] == "random minilm"));
     assert!(checks.iter().all(|c| c["ok"] == true), "{checks:?}");
