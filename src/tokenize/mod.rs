@@ -8,10 +8,14 @@
 //! length, so 100,000 characters cost what a few thousand do.
 //!
 //! For the model's ids, BERT's own tokenizer runs through `wordpiece`: HuggingFace's steps
-//! without its per-character bookkeeping, the same ids at an eighth of the time (BENCHMARKS.md),
-//! which on a GPU decides how many inputs a host core can feed. HuggingFace still loads the
-//! tokenizer, truncates, adds the special tokens, tokenizes what `wordpiece` leaves to it (other
-//! tokenizers, texts holding an added token), and serves the Tokenize call with its offsets.
+//! without its per-character bookkeeping. With `frame` below, a single text's ids cost about an
+//! eighteenth of HuggingFace's `encode_fast` (BENCHMARKS.md), which on a GPU decides how many
+//! inputs a host core can feed. HuggingFace still loads the
+//! tokenizer, tokenizes what `wordpiece` leaves to it (other tokenizers, texts holding an added
+//! token), truncates pairs and adds their special tokens, and serves the Tokenize call with its
+//! offsets. A single text's ids are truncated here and framed by the special tokens `frame`
+//! learned from the post-processor at load, without HuggingFace's `Encoding`s.
+mod frame;
 pub mod pool;
 mod precut;
 mod wordpiece;
@@ -22,6 +26,7 @@ use tokenizers::utils::truncation::{
 use tokenizers::{Encoding, PostProcessor, Token, Tokenizer};
 
 use crate::model::{ModelError, ModelSpec};
+use frame::Frame;
 use wordpiece::WordPieceIds;
 
 /// One input: a text, or a pair of texts (segments A and B).
@@ -147,6 +152,9 @@ pub struct BertTokenizer {
     precut: bool,
     /// BERT's tokenizer for the model's ids, HuggingFace's without its bookkeeping (`wordpiece`).
     fast: Option<WordPieceIds>,
+    /// The special tokens around a single text, where `fast` is there and the post-processor
+    /// adds a frame (`frame`).
+    frame: Option<Frame>,
 }
 
 impl BertTokenizer {
@@ -185,8 +193,10 @@ impl BertTokenizer {
             )));
         }
         let precut = wordpiece::bert_parts(&inner).is_some();
+        let fast = WordPieceIds::of(&inner);
         Ok(BertTokenizer {
-            fast: WordPieceIds::of(&inner),
+            frame: fast.as_ref().and_then(|_| Frame::of(&inner)),
+            fast,
             inner,
             max_length: spec.max_length,
             supports_pairs: spec.config.type_vocab_size >= 2,
@@ -223,8 +233,79 @@ impl BertTokenizer {
     /// What the model sees of `input`: truncated (or refused, when `truncate` is false) to the
     /// maximum length. A long text is pre-cut first where the tokenizer allows it.
     pub fn encode(&self, input: &TextInput, truncate: bool) -> Result<Tokenized, TokenizeError> {
+        if input.text_pair.is_none()
+            && let Some(tokenized) = self.encode_framed(&input.text, truncate)?
+        {
+            return Ok(tokenized);
+        }
         let (encoding, original_length) = self.encode_raw(input, truncate, Purpose::Model)?;
         Ok(Tokenized::of(&encoding, original_length))
+    }
+
+    /// A single text through the fast ids, truncated and framed here, as `encode_raw` would;
+    /// None where the fast path or the frame does not apply (then `encode_raw` does it all).
+    fn encode_framed(
+        &self,
+        text: &str,
+        truncate: bool,
+    ) -> Result<Option<Tokenized>, TokenizeError> {
+        let (Some(fast), Some(frame)) = (&self.fast, &self.frame) else {
+            return Ok(None);
+        };
+        let cut = self.cut(text, truncate, Purpose::Model);
+        if cut.is_some() && !truncate {
+            return Err(self.too_long_uncounted());
+        }
+        let mut ids = Vec::new();
+        if !fast.ids(cut.unwrap_or(text), &mut ids) {
+            return Ok(None);
+        }
+        let original_length = ids.len() + frame.added();
+        if original_length > self.max_length {
+            if !truncate {
+                return Err(TokenizeError::TooLong {
+                    tokens: original_length,
+                    max: self.max_length,
+                    at_least: false,
+                });
+            }
+            ids.truncate(self.max_length - frame.added());
+        }
+        let (ids, type_ids) = frame.apply(&ids);
+        Ok(Some(Tokenized {
+            ids,
+            type_ids,
+            original_length,
+        }))
+    }
+
+    /// Tokens kept of a text: the maximum length, or without truncation enough to count a text's
+    /// tokens exactly up to EXACT_COUNT_UP_TO times it (a text far over it is refused uncounted).
+    fn keep(&self, truncate: bool) -> usize {
+        if truncate {
+            self.max_length
+        } else {
+            EXACT_COUNT_UP_TO * self.max_length
+        }
+    }
+
+    /// The prefix of `text` that gives the same tokens up to `keep`, when it is shorter than the
+    /// text and this tokenizer's texts may be cut for this purpose (`precut`).
+    fn cut<'a>(&self, text: &'a str, truncate: bool, purpose: Purpose) -> Option<&'a str> {
+        if self.precut && purpose == Purpose::Model {
+            precut::safe_prefix(text, self.keep(truncate))
+        } else {
+            None
+        }
+    }
+
+    /// Refusing, without truncation, a text that was cut, so not counted.
+    fn too_long_uncounted(&self) -> TokenizeError {
+        TokenizeError::TooLong {
+            tokens: self.keep(false),
+            max: self.max_length,
+            at_least: true,
+        }
     }
 
     /// Tokens with their text, offsets and flags, for showing what the model will see.
@@ -261,26 +342,11 @@ impl BertTokenizer {
         }
         // Without truncation the caller is told the exact count, unless the text is far over
         // the limit: then a lower bound is enough, and the text is not tokenized at all.
-        let keep = if truncate {
-            self.max_length
-        } else {
-            EXACT_COUNT_UP_TO * self.max_length
-        };
-        let cut = |text: &'a str| -> Option<&'a str> {
-            if self.precut && purpose == Purpose::Model {
-                precut::safe_prefix(text, keep)
-            } else {
-                None
-            }
-        };
+        let cut = |text: &'a str| self.cut(text, truncate, purpose);
         let (mut first_cut, mut pair_cut) =
             (cut(&input.text), input.text_pair.as_deref().and_then(cut));
         if !truncate && (first_cut.is_some() || pair_cut.is_some()) {
-            return Err(TokenizeError::TooLong {
-                tokens: keep,
-                max: self.max_length,
-                at_least: true,
-            });
+            return Err(self.too_long_uncounted());
         }
         // Truncating a pair keeps more of its longer text: both texts cut, which is the longer
         // is unknown, so neither is.
@@ -339,5 +405,29 @@ impl BertTokenizer {
             .post_process(first, second, true)
             .map_err(failed)?;
         Ok((encoding, original_length))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default model's single texts take the framed path (`tests/precut.rs` checks it
+    /// against HuggingFace's); a pair keeps HuggingFace's post-processing.
+    #[test]
+    fn the_default_models_single_texts_are_framed_here() {
+        let spec = ModelSpec::load(&crate::config::default_model_dir()).unwrap();
+        let tokenizer = BertTokenizer::load(&spec).unwrap();
+        let framed = tokenizer
+            .encode_framed("A man is eating food.", true)
+            .unwrap()
+            .expect("framed");
+        let input = TextInput::single("A man is eating food.");
+        let (whole, _) = tokenizer.encode_detailed(&input, true).unwrap();
+        assert_eq!(framed, whole);
+        assert_eq!(tokenizer.encode(&input, true).unwrap(), whole);
+        let pair = TextInput::pair("A man is eating food.", "Someone eats.");
+        let (whole, _) = tokenizer.encode_detailed(&pair, true).unwrap();
+        assert_eq!(tokenizer.encode(&pair, true).unwrap(), whole);
     }
 }
