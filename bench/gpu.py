@@ -413,10 +413,9 @@ def distinct_cores(count):
 def cpu_compare(bertd, model_dir, corpus, out, dtype, baselines, cores, timeout_s):
     """`make compare` on CORES of the host's cores: bertd served on the CPU in DTYPE (its default
     settings, but the thread count), driven by `bertd bench` at 1 and 4 streams over CORPUS
-    once, then BASELINES (bench/baselines.py) on the same lines and cores,
-    which also checks bertd's own embeddings of them against sentence-transformers'. This
-    process, and so the server, the client and the baselines, runs on those cores alone until
-    it returns."""
+    once, then BASELINES (bench/baselines.py) on the same lines and cores, which also checks
+    bertd's own embeddings of them against sentence-transformers'. This process, and so the
+    server, the client and the baselines, runs on those cores alone until it returns."""
     deadline = time.monotonic() + timeout_s
     cpus, chosen = distinct_cores(cores)
     threads = len(cpus)
@@ -446,8 +445,8 @@ def cpu_compare(bertd, model_dir, corpus, out, dtype, baselines, cores, timeout_
 def cpu_workers(bertd, model_dir, corpus, out, dtype, counts, run_s, timeout_s):
     """bertd served on all of the host's cores in DTYPE with each of COUNTS workers (the cores
     split among them), driven at CPU_WORKERS_CONCURRENCY streams over CORPUS, its runs sized to
-    RUN_S. When the time ends, the counts
-    finished are kept ("cut" says where it ended); with none finished, OutOfBudget."""
+    RUN_S. When the time ends, the counts finished are kept ("cut" says where it ended); with
+    none finished, OutOfBudget."""
     deadline = time.monotonic() + timeout_s
     result = {"dtype": dtype, "runs": []}
     for count in counts.split(","):
