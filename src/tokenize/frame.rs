@@ -46,13 +46,7 @@ impl Frame {
     /// order, with one type id, and adds no stand-in of its own.
     fn around(tokenizer: &Tokenizer, n: u32) -> Option<Frame> {
         let stand_ins: Vec<u32> = (0..n).map(|i| STAND_IN - i).collect();
-        let tokens = stand_ins
-            .iter()
-            .map(|&id| Token::new(id, String::new(), (0, 0)))
-            .collect();
-        let framed = tokenizer
-            .post_process(Encoding::from_tokens(tokens, 0), None, true)
-            .ok()?;
+        let framed = post_processed(tokenizer, &stand_ins)?;
         let (ids, types) = (framed.get_ids(), framed.get_type_ids());
         let at = ids.iter().position(|&id| id == STAND_IN)?;
         let end = at + stand_ins.len();
@@ -103,6 +97,17 @@ impl Frame {
     }
 }
 
+/// HuggingFace's post-processing of `ids` as a single text's tokens.
+fn post_processed(tokenizer: &Tokenizer, ids: &[u32]) -> Option<Encoding> {
+    let tokens = ids
+        .iter()
+        .map(|&id| Token::new(id, String::new(), (0, 0)))
+        .collect();
+    tokenizer
+        .post_process(Encoding::from_tokens(tokens, 0), None, true)
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,13 +131,7 @@ mod tests {
 
     /// HuggingFace's own post-processing of `ids` as a single text: ids and type ids.
     fn huggingface(tokenizer: &Tokenizer, ids: &[u32]) -> (Vec<i64>, Vec<i64>) {
-        let tokens = ids
-            .iter()
-            .map(|&id| Token::new(id, String::new(), (0, 0)))
-            .collect();
-        let framed = tokenizer
-            .post_process(Encoding::from_tokens(tokens, 0), None, true)
-            .unwrap();
+        let framed = post_processed(tokenizer, ids).unwrap();
         let widen = |v: &[u32]| v.iter().map(|&i| i64::from(i)).collect();
         (widen(framed.get_ids()), widen(framed.get_type_ids()))
     }
