@@ -121,11 +121,8 @@ def bertd_env():
 def run_bertd(bertd, command, model, device, dtype, rows, extra=()):
     """One JSON result per row ({"text", "text_pair"}), through `bertd encode|classify --jsonl`."""
     stdin = "".join(json.dumps(r) + "\n" for r in rows)
-    args = [bertd, command, "--model", str(model), "--device", device, "--dtype", dtype, "--jsonl",
-            "--batch-size", "64", *extra]
-    done = subprocess.run(args, input=stdin, capture_output=True, text=True, env=bertd_env())
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, args))} failed ({done.returncode}): {done.stderr.strip()}")
+    done = call([bertd, command, "--model", model, "--device", device, "--dtype", dtype, "--jsonl",
+                 "--batch-size", "64", *extra], None, input=stdin, stdout=subprocess.PIPE, env=bertd_env())
     results = [json.loads(line) for line in done.stdout.splitlines()]
     if len(results) != len(rows):
         raise RuntimeError(f"{command} {model}: {len(results)} results for {len(rows)} inputs")
@@ -283,7 +280,8 @@ class OutOfBudget(Exception):
 
 
 def call(args, timeout, **kwargs):
-    """ARGS run to the end within TIMEOUT seconds; its stderr's end is in the error when it fails."""
+    """ARGS run to the end within TIMEOUT seconds (None: however long), text in and out; its
+    stderr's end is in the error when it fails."""
     args = [str(a) for a in args]
     what = f"{Path(args[0]).name} {Path(args[1]).name}"
     try:
