@@ -21,7 +21,8 @@ fn tokenizer(dir: &std::path::Path) -> BertTokenizer {
 }
 
 /// Pieces texts are made of: words, punctuation, numbers, whitespace of every kind, accents,
-/// CJK, control characters, and arbitrary characters.
+/// CJK, control characters, arbitrary characters, and special tokens written in the text (which
+/// HuggingFace tokenizes instead of bertd's WordPiece ids).
 fn piece() -> impl Strategy<Value = String> {
     prop_oneof![
         8 => "[a-zA-Z]{1,12}",
@@ -34,6 +35,7 @@ fn piece() -> impl Strategy<Value = String> {
         1 => "\\PC{1,8}",
         1 => any::<char>().prop_map(String::from),
         1 => "[a-z]{101,150}",
+        1 => prop::sample::select(vec!["[SEP]", "[CLS]", "[MASK]", "[PAD]"]).prop_map(String::from),
     ]
 }
 

@@ -8,13 +8,14 @@
 //! length, so 100,000 characters cost what a few thousand do.
 //!
 //! For the model's ids, BERT's own tokenizer runs through `wordpiece`: HuggingFace's steps
-//! without its per-character bookkeeping. A single text's ids are then truncated here and framed
-//! by the special tokens that `frame` learned from the post-processor at load, without
-//! HuggingFace's `Encoding`s: about an eighteenth of the time of HuggingFace's `encode_fast`
+//! without its per-character bookkeeping. A text's or a pair's ids are then truncated here (a
+//! pair longest first, as HuggingFace does: `longest_first`) and framed by the special tokens
+//! that `frame` learned from the post-processor at load, without HuggingFace's `Encoding`s: about
+//! an eighteenth of the time of HuggingFace's `encode_fast` for a text, a twentieth for a pair
 //! (BENCHMARKS.md), which on a GPU decides how many inputs a host core can feed. HuggingFace
-//! still loads the tokenizer, tokenizes what `wordpiece` leaves to it (other tokenizers, texts
-//! holding an added token), truncates pairs and adds their special tokens, and serves the
-//! Tokenize call with its offsets.
+//! still loads the tokenizer, tokenizes what `wordpiece` leaves to it (other tokenizers, and the
+//! texts holding an added token), and serves the Tokenize call with its offsets: the reference
+//! that the model's path is tested against.
 mod frame;
 pub mod pool;
 mod precut;
@@ -117,6 +118,32 @@ pub enum TokenizeError {
     Tokenizer(String),
 }
 
+/// A HuggingFace tokenizer error, as this module reports it.
+fn failed(e: tokenizers::Error) -> TokenizeError {
+    TokenizeError::Tokenizer(e.to_string())
+}
+
+/// How many tokens of each text HuggingFace's longest-first truncation (tokenizers'
+/// `truncate_encodings`) keeps of `first` and `second` tokens (0 for a single text) to fit
+/// `room`: the shorter text whole when the longer can take the rest, else half of `room` each,
+/// the odd token to the longer (to the second, when they are as long).
+fn longest_first(first: usize, second: usize, room: usize) -> (usize, usize) {
+    if first + second <= room {
+        return (first, second);
+    }
+    let shorter = first.min(second);
+    let (shorter, longer) = if 2 * shorter <= room {
+        (shorter, room - shorter)
+    } else {
+        (room / 2, room / 2 + room % 2)
+    };
+    if first > second {
+        (longer, shorter)
+    } else {
+        (shorter, longer)
+    }
+}
+
 /// `text`'s ids through the fast path, as an encoding for HuggingFace's truncation and special
 /// tokens (which read only its ids); `None` when the text is left to HuggingFace.
 fn ids_only(fast: &WordPieceIds, text: &str) -> Option<Encoding> {
@@ -152,9 +179,10 @@ pub struct BertTokenizer {
     precut: bool,
     /// BERT's tokenizer for the model's ids, HuggingFace's without its bookkeeping (`wordpiece`).
     fast: Option<WordPieceIds>,
-    /// The special tokens around a single text, where `fast` is there and the post-processor
-    /// adds a frame (`frame`).
+    /// The special tokens around a single text and around a pair, where `fast` is there and
+    /// the post-processor adds a frame (`frame`).
     frame: Option<Frame>,
+    pair_frame: Option<Frame>,
 }
 
 impl BertTokenizer {
@@ -195,7 +223,8 @@ impl BertTokenizer {
         let precut = wordpiece::bert_parts(&inner).is_some();
         let fast = WordPieceIds::of(&inner);
         Ok(BertTokenizer {
-            frame: fast.as_ref().and_then(|_| Frame::of(&inner)),
+            frame: fast.as_ref().and_then(|_| Frame::of(&inner, false)),
+            pair_frame: fast.as_ref().and_then(|_| Frame::of(&inner, true)),
             fast,
             inner,
             max_length: spec.max_length,
@@ -233,34 +262,19 @@ impl BertTokenizer {
     /// What the model sees of `input`: truncated (or refused, when `truncate` is false) to the
     /// maximum length. A long text is pre-cut first where the tokenizer allows it.
     pub fn encode(&self, input: &TextInput, truncate: bool) -> Result<Tokenized, TokenizeError> {
-        if input.text_pair.is_none()
-            && let Some(tokenized) = self.encode_framed(&input.text, truncate)?
-        {
-            return Ok(tokenized);
-        }
-        let (encoding, original_length) = self.encode_raw(input, truncate, Purpose::Model)?;
-        Ok(Tokenized::of(&encoding, original_length))
-    }
-
-    /// A single text through the fast ids, truncated and framed here, as `encode_raw` would;
-    /// None where the fast path or the frame does not apply (then `encode_raw` does it all).
-    fn encode_framed(
-        &self,
-        text: &str,
-        truncate: bool,
-    ) -> Result<Option<Tokenized>, TokenizeError> {
-        let (Some(fast), Some(frame)) = (&self.fast, &self.frame) else {
-            return Ok(None);
+        let frame = match input.text_pair {
+            None => &self.frame,
+            Some(_) => &self.pair_frame,
         };
-        let cut = self.cut(text, truncate, Purpose::Model);
-        if cut.is_some() && !truncate {
-            return Err(self.too_long_uncounted());
-        }
-        let mut ids = Vec::new();
-        if !fast.ids(cut.unwrap_or(text), &mut ids) {
-            return Ok(None);
-        }
-        let original_length = ids.len() + frame.added();
+        let (Some(fast), Some(frame)) = (&self.fast, frame) else {
+            let (encoding, original_length) = self.encode_raw(input, truncate, Purpose::Model)?;
+            return Ok(Tokenized::of(&encoding, original_length));
+        };
+        let model_ids = |text: &str| self.model_ids(fast, text);
+        let (mut first, mut second) =
+            self.texts(input, truncate, Purpose::Model, model_ids, Vec::len)?;
+        let second_len = second.as_ref().map_or(0, Vec::len);
+        let original_length = first.len() + second_len + frame.added();
         if original_length > self.max_length {
             if !truncate {
                 return Err(TokenizeError::TooLong {
@@ -269,14 +283,73 @@ impl BertTokenizer {
                     at_least: false,
                 });
             }
-            ids.truncate(self.max_length - frame.added());
+            let room = self.max_length - frame.added();
+            let (keep_first, keep_second) = longest_first(first.len(), second_len, room);
+            first.truncate(keep_first);
+            second.iter_mut().for_each(|s| s.truncate(keep_second));
         }
-        let (ids, type_ids) = frame.apply(&ids);
-        Ok(Some(Tokenized {
+        let (ids, type_ids) = match &second {
+            None => frame.apply(&[&first]),
+            Some(second) => frame.apply(&[&first, second]),
+        };
+        Ok(Tokenized {
             ids,
             type_ids,
             original_length,
-        }))
+        })
+    }
+
+    /// `text`'s ids without special tokens: bertd's own (`wordpiece`), or HuggingFace's for a
+    /// text that holds an added token.
+    fn model_ids(&self, fast: &WordPieceIds, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        let mut ids = Vec::new();
+        if fast.ids(text, &mut ids) {
+            return Ok(ids);
+        }
+        let encoding = self.inner.encode_fast(text, false).map_err(failed)?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// `input`'s texts through `encode` (one result a text; `len` counts its tokens), each cut
+    /// first where truncation keeps only tokens of the cut (`cut`). Refuses a pair the model
+    /// cannot take, and without truncation a text so long that it was cut.
+    fn texts<'a, T>(
+        &self,
+        input: &'a TextInput,
+        truncate: bool,
+        purpose: Purpose,
+        encode: impl Fn(&str) -> Result<T, TokenizeError>,
+        len: impl Fn(&T) -> usize,
+    ) -> Result<(T, Option<T>), TokenizeError> {
+        if input.text_pair.is_some() && !self.supports_pairs {
+            return Err(TokenizeError::PairsUnsupported);
+        }
+        // Without truncation the caller is told the exact count, unless the text is far over
+        // the limit: then a lower bound is enough, and the text is not tokenized at all.
+        let cut = |text: &'a str| self.cut(text, truncate, purpose);
+        let (mut first_cut, mut pair_cut) =
+            (cut(&input.text), input.text_pair.as_deref().and_then(cut));
+        if !truncate && (first_cut.is_some() || pair_cut.is_some()) {
+            return Err(self.too_long_uncounted());
+        }
+        // Truncating a pair keeps more of its longer text: both texts cut, which is the longer
+        // is unknown, so neither is.
+        if first_cut.is_some() && pair_cut.is_some() {
+            (first_cut, pair_cut) = (None, None);
+        }
+        let mut first = encode(first_cut.unwrap_or(&input.text))?;
+        let Some(pair) = &input.text_pair else {
+            return Ok((first, None));
+        };
+        let mut second = encode(pair_cut.unwrap_or(pair))?;
+        // One text of a pair cut: it must still be the longer, or it is tokenized whole.
+        if first_cut.is_some() && len(&first) <= len(&second) {
+            first = encode(&input.text)?;
+        }
+        if pair_cut.is_some() && len(&second) <= len(&first) {
+            second = encode(pair)?;
+        }
+        Ok((first, Some(second)))
     }
 
     /// Tokens kept of a text: the maximum length, or without truncation enough to count a text's
@@ -330,29 +403,12 @@ impl BertTokenizer {
 
     /// Encodes without special tokens, measures, truncates (longest first, as HuggingFace does for
     /// pairs) to leave room for the special tokens, then adds them.
-    fn encode_raw<'a>(
+    fn encode_raw(
         &self,
-        input: &'a TextInput,
+        input: &TextInput,
         truncate: bool,
         purpose: Purpose,
     ) -> Result<(Encoding, usize), TokenizeError> {
-        let failed = |e: tokenizers::Error| TokenizeError::Tokenizer(e.to_string());
-        if input.text_pair.is_some() && !self.supports_pairs {
-            return Err(TokenizeError::PairsUnsupported);
-        }
-        // Without truncation the caller is told the exact count, unless the text is far over
-        // the limit: then a lower bound is enough, and the text is not tokenized at all.
-        let cut = |text: &'a str| self.cut(text, truncate, purpose);
-        let (mut first_cut, mut pair_cut) =
-            (cut(&input.text), input.text_pair.as_deref().and_then(cut));
-        if !truncate && (first_cut.is_some() || pair_cut.is_some()) {
-            return Err(self.too_long_uncounted());
-        }
-        // Truncating a pair keeps more of its longer text: both texts cut, which is the longer
-        // is unknown, so neither is.
-        if first_cut.is_some() && pair_cut.is_some() {
-            (first_cut, pair_cut) = (None, None);
-        }
         let encode = |text: &str| {
             match purpose {
                 Purpose::Model => match self.fast.as_ref().and_then(|f| ids_only(f, text)) {
@@ -363,20 +419,7 @@ impl BertTokenizer {
             }
             .map_err(failed)
         };
-        let mut first = encode(first_cut.unwrap_or(&input.text))?;
-        let mut second = match &input.text_pair {
-            Some(pair) => Some(encode(pair_cut.unwrap_or(pair))?),
-            None => None,
-        };
-        // One text of a pair cut: it must still be the longer, or it is tokenized whole.
-        if let (Some(pair), Some(second)) = (&input.text_pair, &mut second) {
-            if first_cut.is_some() && first.len() <= second.len() {
-                first = encode(&input.text)?;
-            }
-            if pair_cut.is_some() && second.len() <= first.len() {
-                *second = encode(pair)?;
-            }
-        }
+        let (first, second) = self.texts(input, truncate, purpose, encode, Encoding::len)?;
         let added = self
             .inner
             .get_post_processor()
@@ -396,7 +439,15 @@ impl BertTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             };
-            truncate_encodings(first, second, &params).map_err(failed)?
+            let (mut first, mut second) =
+                truncate_encodings(first, second, &params).map_err(failed)?;
+            // HuggingFace keeps what it cut as overflowing parts, and post-processing a pair
+            // frames every part of one text with every part of the other: two texts of 50,000
+            // characters made 3,000 encodings, a second and 700 MB. Nothing here reads them.
+            for encoding in std::iter::once(&mut first).chain(second.as_mut()) {
+                drop(encoding.take_overflowing());
+            }
+            (first, second)
         } else {
             (first, second)
         };
@@ -412,22 +463,79 @@ impl BertTokenizer {
 mod tests {
     use super::*;
 
-    /// The default model's single texts take the framed path (`tests/precut.rs` checks it
-    /// against HuggingFace's); a pair keeps HuggingFace's post-processing.
+    /// Lengths up to this (texts and room) are compared with HuggingFace's truncation, every
+    /// combination.
+    const MOST_TOKENS: usize = 12;
+
     #[test]
-    fn the_default_models_single_texts_are_framed_here() {
+    fn longest_first_keeps_what_huggingfaces_truncation_keeps() {
+        let encoding = |n: usize| {
+            let tokens = (0..n).map(|i| Token::new(i as u32, String::new(), (0, 0)));
+            Encoding::from_tokens(tokens.collect(), 0)
+        };
+        for room in 1..=MOST_TOKENS {
+            let params = TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: room,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            };
+            for first in 0..=MOST_TOKENS {
+                let (single, _) = truncate_encodings(encoding(first), None, &params).unwrap();
+                assert_eq!(
+                    longest_first(first, 0, room),
+                    (single.len(), 0),
+                    "{first} in {room}"
+                );
+                for second in 0..=MOST_TOKENS {
+                    let (a, b) =
+                        truncate_encodings(encoding(first), Some(encoding(second)), &params)
+                            .unwrap();
+                    let kept = (a.len(), b.unwrap().len());
+                    assert_eq!(
+                        longest_first(first, second, room),
+                        kept,
+                        "{first}+{second} in {room}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Words of each text of the long pair, many times the maximum length.
+    const LONG_TEXT_WORDS: usize = 5_000;
+
+    /// The Tokenize call's path truncates a long pair without HuggingFace's overflowing parts,
+    /// whose every combination post-processing would otherwise frame (a second and hundreds of
+    /// megabytes for a pair of two long texts).
+    #[test]
+    fn a_long_pair_is_shown_truncated_without_its_cut_parts() {
         let spec = ModelSpec::load(&crate::config::default_model_dir()).unwrap();
         let tokenizer = BertTokenizer::load(&spec).unwrap();
-        let framed = tokenizer
-            .encode_framed("A man is eating food.", true)
-            .unwrap()
-            .expect("framed");
-        let input = TextInput::single("A man is eating food.");
-        let (whole, _) = tokenizer.encode_detailed(&input, true).unwrap();
-        assert_eq!(framed, whole);
-        assert_eq!(tokenizer.encode(&input, true).unwrap(), whole);
-        let pair = TextInput::pair("A man is eating food.", "Someone eats.");
-        let (whole, _) = tokenizer.encode_detailed(&pair, true).unwrap();
-        assert_eq!(tokenizer.encode(&pair, true).unwrap(), whole);
+        let text = |word: &str| vec![word; LONG_TEXT_WORDS].join(" ");
+        let input = TextInput::pair(text("query"), text("passage"));
+        let (encoding, original_length) = tokenizer
+            .encode_raw(&input, true, Purpose::Display)
+            .unwrap();
+        assert_eq!(encoding.len(), tokenizer.max_length());
+        assert!(original_length > 2 * LONG_TEXT_WORDS);
+        assert!(encoding.get_overflowing().is_empty());
+    }
+
+    /// The default model's texts and pairs take the framed path (`tests/precut.rs` checks it
+    /// against HuggingFace's on generated texts, truncated and not).
+    #[test]
+    fn the_default_models_texts_and_pairs_are_framed_here() {
+        let spec = ModelSpec::load(&crate::config::default_model_dir()).unwrap();
+        let tokenizer = BertTokenizer::load(&spec).unwrap();
+        assert!(tokenizer.fast.is_some(), "bertd's own WordPiece ids");
+        assert!(tokenizer.frame.is_some() && tokenizer.pair_frame.is_some());
+        for input in [
+            TextInput::single("A man is eating food."),
+            TextInput::pair("A man is eating food.", "Someone eats."),
+        ] {
+            let (whole, _) = tokenizer.encode_detailed(&input, true).unwrap();
+            assert_eq!(tokenizer.encode(&input, true).unwrap(), whole, "{input:?}");
+        }
     }
 }
