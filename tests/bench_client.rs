@@ -107,6 +107,58 @@ async fn bench_cycles_through_the_corpus_for_the_inputs_asked() {
     }
 }
 
+/// BERT's special tokens around a single text (`[CLS]`, `[SEP]`) and around a pair (one more
+/// `[SEP]`).
+const SPECIAL_TOKENS_SINGLE: u64 = 2;
+const SPECIAL_TOKENS_PAIR: u64 = 3;
+
+/// The pairs test's corpus: lines of "a" (one token), each of another length.
+const WORDS_A_LINE: [u64; 3] = [1, 2, 4];
+
+/// Inputs of the pairs test's runs: fewer than the lines, so that which line follows which
+/// shows in the tokens.
+const PAIR_TEST_INPUTS: usize = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_pairs_send_each_line_with_the_next() {
+    let server = serve(settings(&model_dir("bert_tiny"))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let lines: Vec<String> = WORDS_A_LINE
+        .iter()
+        .map(|&n| vec!["a"; n as usize].join(" "))
+        .collect();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let tokens = |pairs: bool| {
+        let json = dir.path().join(format!("pairs-{pairs}.json"));
+        let mut bench = Command::new(env!("CARGO_BIN_EXE_bertd"));
+        bench
+            .args(["bench", "--server", &format!("http://{}", server.addr)])
+            .args(["--corpus", corpus.to_str().unwrap()])
+            .args(["--inputs", &PAIR_TEST_INPUTS.to_string()])
+            .args(["--json", json.to_str().unwrap()]);
+        if pairs {
+            bench.arg("--pairs");
+        }
+        succeed(&mut bench);
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["pairs"], pairs);
+        let run = &report["runs"][0];
+        assert_eq!(run["inputs"], PAIR_TEST_INPUTS);
+        run["tokens"].as_u64().unwrap()
+    };
+    let words = &WORDS_A_LINE[..PAIR_TEST_INPUTS];
+    let singles: u64 = words.iter().map(|w| w + SPECIAL_TOKENS_SINGLE).sum();
+    assert_eq!(tokens(false), singles);
+    let next = &WORDS_A_LINE[1..=PAIR_TEST_INPUTS];
+    let pairs: u64 = words
+        .iter()
+        .zip(next)
+        .map(|(w, v)| w + v + SPECIAL_TOKENS_PAIR)
+        .sum();
+    assert_eq!(tokens(true), pairs, "each line with the next");
+}
+
 /// The variables that pick the kernels' instruction sets, which the bench scripts' machine line
 /// names when they are set (an emulated machine must say so in its report).
 const KERNEL_VARIABLES: [&str; 3] = [

@@ -9,6 +9,8 @@
 //! - `--mode unary`: each client sends its share as Encode calls, one at a time.
 //! - `--inputs N`: each run sends N inputs, cycling through the corpus; requests are made as they
 //!   are sent, so a run of millions costs the client no more memory than one of hundreds.
+//! - `--pairs`: each input is a pair, a corpus line and the next (as a cross-encoder's query and
+//!   passage come), for a model that takes pairs.
 //!
 //! With `--metrics`, each run also reports the server's mean forward time per batch, so that the
 //! latency a client sees can be set against the compute inside it; with `--pid`, the server's
@@ -53,6 +55,9 @@ pub struct BenchArgs {
     /// Inputs per run, cycling through the corpus; defaults to the corpus once.
     #[arg(long)]
     inputs: Option<usize>,
+    /// Send pairs of texts: each line with the next.
+    #[arg(long)]
+    pairs: bool,
     /// The server's metrics endpoint (HOST:PORT), for its padding ratio.
     #[arg(long)]
     metrics: Option<String>,
@@ -75,6 +80,8 @@ struct Run {
     concurrency: usize,
     inputs: usize,
     seconds: f64,
+    /// Tokens the server computed for the run's inputs (its responses' usage).
+    tokens: u64,
     inputs_per_s: f64,
     tokens_per_s: f64,
     latency_ms_p50: f64,
@@ -116,6 +123,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         texts: texts.into(),
         per_request: args.inputs_per_request,
         total: 0,
+        pairs: args.pairs,
     };
     runtime.block_on(async {
         let timeout = Duration::from_secs(args.connect_timeout_s);
@@ -132,6 +140,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "server": args.server,
             "corpus": args.corpus,
             "inputs_per_request": args.inputs_per_request,
+            "pairs": args.pairs,
             "server_peak_rss_bytes": peak_rss,
             "runs": runs,
         });
@@ -240,12 +249,14 @@ async fn connect(url: &str, timeout: Duration, pid: Option<u32>) -> anyhow::Resu
     }
 }
 
-/// The inputs of a run: `total` of them, cycling through the corpus, `per_request` a message.
+/// The inputs of a run: `total` of them, cycling through the corpus, `per_request` a message;
+/// with `pairs`, each line paired with the next.
 #[derive(Clone)]
 struct Plan {
     texts: Arc<[String]>,
     per_request: usize,
     total: usize,
+    pairs: bool,
 }
 
 impl Plan {
@@ -267,7 +278,9 @@ impl Plan {
             inputs: (first..last)
                 .map(|n| pb::TextInput {
                     text: self.texts[n % self.texts.len()].clone(),
-                    text_pair: None,
+                    text_pair: self
+                        .pairs
+                        .then(|| self.texts[(n + 1) % self.texts.len()].clone()),
                 })
                 .collect(),
             options: None,
@@ -390,6 +403,7 @@ async fn run(
         concurrency,
         inputs: all.inputs,
         seconds,
+        tokens: all.tokens,
         inputs_per_s: all.inputs as f64 / seconds,
         tokens_per_s: all.tokens as f64 / seconds,
         latency_ms_p50: percentile(50),
