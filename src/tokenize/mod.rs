@@ -442,8 +442,9 @@ impl BertTokenizer {
             let (mut first, mut second) =
                 truncate_encodings(first, second, &params).map_err(failed)?;
             // HuggingFace keeps what it cut as overflowing parts, and post-processing a pair
-            // frames every part of one text with every part of the other: two texts of 50,000
-            // characters made 3,000 encodings, a second and 700 MB. Nothing here reads them.
+            // frames every part of one text with every part of the other: two texts of 49,000
+            // characters made about 3,000 encodings, half a second and a gigabyte in the server
+            // (BENCHMARKS.md). Nothing here reads them.
             for encoding in std::iter::once(&mut first).chain(second.as_mut()) {
                 drop(encoding.take_overflowing());
             }
@@ -506,8 +507,8 @@ mod tests {
     const LONG_TEXT_WORDS: usize = 5_000;
 
     /// The Tokenize call's path truncates a long pair without HuggingFace's overflowing parts,
-    /// whose every combination post-processing would otherwise frame (a second and hundreds of
-    /// megabytes for a pair of two long texts).
+    /// whose every combination post-processing would otherwise frame (half a second and a
+    /// gigabyte for a pair of two long texts).
     #[test]
     fn a_long_pair_is_shown_truncated_without_its_cut_parts() {
         let spec = ModelSpec::load(&crate::config::default_model_dir()).unwrap();
