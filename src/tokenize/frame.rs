@@ -14,7 +14,9 @@
 //! adds. Any post-processor that does something else keeps HuggingFace's post-processing.
 use std::ops::Range;
 
-use tokenizers::{Encoding, PostProcessor, Token, Tokenizer};
+use tokenizers::{Encoding, PostProcessor, Tokenizer};
+
+use super::ids_encoding;
 
 /// Ids no vocabulary has, standing in for the texts' tokens while a frame is learned: the first
 /// text's count down from here, the second's from `STAND_IN - STAND_IN_GAP`.
@@ -118,13 +120,7 @@ impl Frame {
 
 /// HuggingFace's post-processing of `texts` (one, or a pair) as the texts' tokens.
 fn post_processed(tokenizer: &Tokenizer, texts: &[Vec<u32>]) -> Option<Encoding> {
-    let encoding = |ids: &Vec<u32>| {
-        let tokens = ids
-            .iter()
-            .map(|&id| Token::new(id, String::new(), (0, 0)))
-            .collect();
-        Encoding::from_tokens(tokens, 0)
-    };
+    let encoding = |ids: &Vec<u32>| ids_encoding(ids.iter().copied());
     tokenizer
         .post_process(encoding(&texts[0]), texts.get(1).map(encoding), true)
         .ok()

@@ -144,17 +144,13 @@ fn longest_first(first: usize, second: usize, room: usize) -> (usize, usize) {
     }
 }
 
-/// `text`'s ids through the fast path, as an encoding for HuggingFace's truncation and special
-/// tokens (which read only its ids); `None` when the text is left to HuggingFace.
-fn ids_only(fast: &WordPieceIds, text: &str) -> Option<Encoding> {
-    let mut ids = Vec::new();
-    if !fast.ids(text, &mut ids) {
-        return None;
-    }
+/// An encoding of bare ids, for HuggingFace's truncation and post-processing, which read only
+/// its ids (and type ids).
+fn ids_encoding(ids: impl IntoIterator<Item = u32>) -> Encoding {
     let tokens = ids
         .into_iter()
         .map(|id| Token::new(id, String::new(), (0, 0)));
-    Some(Encoding::from_tokens(tokens.collect(), 0))
+    Encoding::from_tokens(tokens.collect(), 0)
 }
 
 /// Texts refused for their length are counted exactly up to this many times the maximum.
@@ -409,15 +405,10 @@ impl BertTokenizer {
         truncate: bool,
         purpose: Purpose,
     ) -> Result<(Encoding, usize), TokenizeError> {
-        let encode = |text: &str| {
-            match purpose {
-                Purpose::Model => match self.fast.as_ref().and_then(|f| ids_only(f, text)) {
-                    Some(encoding) => Ok(encoding),
-                    None => self.inner.encode_fast(text, false),
-                },
-                Purpose::Display => self.inner.encode_char_offsets(text, false),
-            }
-            .map_err(failed)
+        let encode = |text: &str| match (purpose, &self.fast) {
+            (Purpose::Model, Some(fast)) => self.model_ids(fast, text).map(ids_encoding),
+            (Purpose::Model, None) => self.inner.encode_fast(text, false).map_err(failed),
+            (Purpose::Display, _) => self.inner.encode_char_offsets(text, false).map_err(failed),
         };
         let (first, second) = self.texts(input, truncate, purpose, encode, Encoding::len)?;
         let added = self
@@ -470,10 +461,7 @@ mod tests {
 
     #[test]
     fn longest_first_keeps_what_huggingfaces_truncation_keeps() {
-        let encoding = |n: usize| {
-            let tokens = (0..n).map(|i| Token::new(i as u32, String::new(), (0, 0)));
-            Encoding::from_tokens(tokens.collect(), 0)
-        };
+        let encoding = |n: usize| ids_encoding(0..n as u32);
         for room in 1..=MOST_TOKENS {
             let params = TruncationParams {
                 direction: TruncationDirection::Right,
