@@ -10,6 +10,19 @@ use common::grpc::*;
 use common::*;
 use serde_json::Value;
 
+/// `bertd bench` against the server at `addr` over `corpus` with `args`, its JSON report written
+/// to `json` and read back.
+fn bench_report(addr: impl std::fmt::Display, corpus: &Path, json: &Path, args: &[&str]) -> Value {
+    succeed(
+        Command::new(env!("CARGO_BIN_EXE_bertd"))
+            .args(["bench", "--server", &format!("http://{addr}")])
+            .args(["--corpus", corpus.to_str().unwrap()])
+            .args(["--json", json.to_str().unwrap()])
+            .args(args),
+    );
+    serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap()
+}
+
 /// Lines of the corpus: varied lengths, so batches pad.
 const LINES: usize = 50;
 
@@ -27,16 +40,20 @@ async fn bench_answers_every_input_in_each_run_and_reports_padding_and_memory() 
     std::fs::write(&corpus, lines.join("\n")).unwrap();
     for mode in ["stream", "unary"] {
         let json = dir.path().join(format!("{mode}.json"));
-        succeed(
-            Command::new(env!("CARGO_BIN_EXE_bertd"))
-                .args(["bench", "--server", &format!("http://{}", server.addr)])
-                .args(["--corpus", corpus.to_str().unwrap(), "--mode", mode])
-                .args(["--concurrency", "1,3", "--inputs-per-request", "4"])
-                .args(["--metrics", &server.metrics_addr.unwrap().to_string()])
-                .args(["--pid", &std::process::id().to_string()])
-                .args(["--json", json.to_str().unwrap()]),
+        let (metrics, pid) = (server.metrics_addr.unwrap(), std::process::id());
+        let report = bench_report(
+            server.addr,
+            &corpus,
+            &json,
+            &[
+                ["--mode", mode],
+                ["--concurrency", "1,3"],
+                ["--inputs-per-request", "4"],
+                ["--metrics", &metrics.to_string()],
+                ["--pid", &pid.to_string()],
+            ]
+            .concat(),
         );
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert!(report["server_peak_rss_bytes"].as_u64().unwrap() > 0);
         let runs = report["runs"].as_array().unwrap();
         assert_eq!(runs.len(), 2, "one run per concurrency");
@@ -85,15 +102,20 @@ async fn bench_cycles_through_the_corpus_for_the_inputs_asked() {
     let corpus = dir.path().join("corpus.txt");
     std::fs::write(&corpus, "one\ntwo words\nthree words here\n").unwrap();
     let inputs = 3 * CYCLES + 1;
-    let json = dir.path().join("cycle.json");
-    succeed(
-        Command::new(env!("CARGO_BIN_EXE_bertd"))
-            .args(["bench", "--server", &format!("http://{}", server.addr)])
-            .args(["--corpus", corpus.to_str().unwrap(), "--concurrency", "2"])
-            .args(["--inputs-per-request", "2", "--inputs", &inputs.to_string()])
-            .args(["--json", json.to_str().unwrap()]),
+    let inputs_arg = inputs.to_string();
+    let report = bench_report(
+        server.addr,
+        &corpus,
+        &dir.path().join("cycle.json"),
+        &[
+            "--concurrency",
+            "2",
+            "--inputs-per-request",
+            "2",
+            "--inputs",
+            &inputs_arg,
+        ],
     );
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let run = &report["runs"][0];
     assert_eq!(run["inputs"], inputs);
     // Without --metrics and --pid, what they would measure is absent rather than made up.
@@ -129,19 +151,12 @@ async fn bench_pairs_send_each_line_with_the_next() {
         .map(|&n| vec!["a"; n as usize].join(" "))
         .collect();
     std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let inputs = PAIR_TEST_INPUTS.to_string();
     let tokens = |pairs: bool| {
         let json = dir.path().join(format!("pairs-{pairs}.json"));
-        let mut bench = Command::new(env!("CARGO_BIN_EXE_bertd"));
-        bench
-            .args(["bench", "--server", &format!("http://{}", server.addr)])
-            .args(["--corpus", corpus.to_str().unwrap()])
-            .args(["--inputs", &PAIR_TEST_INPUTS.to_string()])
-            .args(["--json", json.to_str().unwrap()]);
-        if pairs {
-            bench.arg("--pairs");
-        }
-        succeed(&mut bench);
-        let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let args = ["--inputs", &inputs, "--pairs"];
+        let args = if pairs { &args[..] } else { &args[..2] };
+        let report = bench_report(server.addr, &corpus, &json, args);
         assert_eq!(report["pairs"], pairs);
         let run = &report["runs"][0];
         assert_eq!(run["inputs"], PAIR_TEST_INPUTS);
