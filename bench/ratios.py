@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Prints bertd's runs against the baselines of the same run, as a Markdown table.
 
-usage: ratios.py BERTD_JSON BASELINES_JSON [SERVER_FLAGS]
+usage: ratios.py BERTD_JSON[,BERTD_JSON...] BASELINES_JSON [SERVER_FLAGS]
+
+Several `bertd bench` reports of one server's flags (streams, then unary calls) make one table.
 """
 import json
 import sys
 
 
 def main():
-    bertd = json.load(open(sys.argv[1]))
+    reports = [json.load(open(path)) for path in sys.argv[1].split(",")]
     base = json.load(open(sys.argv[2]))
     flags = sys.argv[3] if len(sys.argv) > 3 and sys.argv[3] else "default settings"
     st = base["sentence_transformers"]["inputs_per_s"]
@@ -27,7 +29,7 @@ def main():
             cos = base[key].get("min_cosine")
             note = f" (min cosine {cos:.5f})" if cos is not None else ""
             print(f"| {name}{note} | {rate:.1f} | {rate / st:.2f} | {vs_onnx} | | | |")
-    for run in bertd["runs"]:
+    for run in (run for report in reports for run in report["runs"]):
         rate = run["inputs_per_s"]
         vs_onnx = f"{rate / onnx:.2f}" if onnx else "-"
         padding = run["padding_ratio"]
@@ -45,7 +47,7 @@ def main():
     if outputs:
         print(f"\nbertd's embeddings of the corpus (`bertd encode`, same dtype) against "
               f"sentence-transformers' fp32 ones: min cosine {outputs['min_cosine']:.5f}")
-    rss = bertd.get("server_peak_rss_bytes")
+    rss = max((r.get("server_peak_rss_bytes") or 0 for r in reports), default=0)
     if rss:
         print(f"\nbertd's peak resident memory: {rss / 2**20:.0f} MiB")
 

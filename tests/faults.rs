@@ -156,11 +156,13 @@ async fn stream_texts(
     tokio::time::timeout(PATIENCE, responses).await.unwrap()
 }
 
-/// Settings that put the texts of one stream in one batch.
+/// Settings that put the texts of one stream in one batch: they wait for each other, and a forward
+/// pass costs more than any padding, so texts of different lengths are not cut apart.
 fn one_batch() -> bertd::config::Settings {
     let mut s = settings(&model_dir("bert_tiny"));
     s.batching.max_batch_delay_ms = 300;
     s.batching.max_batch_size = Some(8);
+    s.batching.forward_cost_tokens = Some(usize::MAX);
     s.engine.restart_backoff_ms = 10;
     s.engine.max_restart_backoff_ms = 100;
     s

@@ -682,6 +682,10 @@ async fn get_info_describes_model_device_and_limits() {
         bertd::config::BatchDefaults::CPU.max_batch_tokens,
         "a CPU server's default"
     );
+    assert_eq!(
+        limits.forward_cost_tokens as usize,
+        bertd::config::BatchDefaults::CPU.forward_cost_tokens
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -258,11 +258,12 @@ fn the_example_config_file_is_valid_and_holds_the_defaults() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed: Settings = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
-    // `bertd config` prints the batch limits and workers the devices chose.
+    // `bertd config` prints the batch limits, forward cost and workers the devices chose.
     let mut expected = Settings::default();
     expected.engine.workers_per_device = Some(expected.engine.workers_per_device());
     expected.batching.max_batch_size = Some(expected.max_batch_size());
     expected.batching.max_batch_tokens = Some(expected.max_batch_tokens());
+    expected.batching.forward_cost_tokens = Some(expected.forward_cost_tokens());
     assert_eq!(printed, expected);
 }
 

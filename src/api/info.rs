@@ -64,6 +64,7 @@ impl Model for ModelService {
                 unary_inflight_bytes: s.limits.unary_inflight_bytes as u64,
                 stream_inflight_bytes: s.limits.stream_inflight_bytes as u64,
                 stream_share: s.batching.stream_share,
+                forward_cost_tokens: s.forward_cost_tokens() as u64,
             }),
             stats: Some(stats(state)),
         }))

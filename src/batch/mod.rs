@@ -49,6 +49,8 @@ pub enum Lane {
 pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     pub max_batch_size: usize,
+    /// A forward pass's fixed cost in padded tokens (how batches are cut: `queue`).
+    pub forward_cost_tokens: usize,
     pub max_batch_delay: Duration,
     pub queue_capacity: usize,
     pub stream_queue_capacity: usize,
@@ -477,6 +479,7 @@ impl Scheduler {
             // (BENCHMARKS.md): streams reached 81-87% of the engine's rate with 4 batches' worth,
             // 84-90% with 16.
             window: 16 * self.config.max_batch_size,
+            forward_cost_tokens: self.config.forward_cost_tokens,
             stream_share: self.config.stream_share,
         }
     }

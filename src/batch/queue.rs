@@ -2,13 +2,17 @@
 //!
 //! - Unary calls share one FIFO lane; each stream has a FIFO of its own, and the streams take
 //!   turns (round robin), so one huge stream cannot starve a small one.
-//! - A batch grows around an anchor: the oldest unary input, or, for the configured share of
+//! - A batch is cut around an anchor: the oldest unary input, or, for the configured share of
 //!   batches while unary calls also wait, the oldest input of the stream whose turn it is.
-//! - Around the anchor it takes the queued inputs nearest in length (padding is wasted work),
-//!   within the batch limits, from a window of candidates: unary inputs only for a unary batch
-//!   (so a short call never waits for a batch filled with stream inputs), every lane in turn for
-//!   a stream's batch.
+//! - The batch is the anchor's share of the cheapest cut of a window of candidates into batches
+//!   (`cheapest_cut`): unary inputs only for a unary batch (so a short call never waits for a
+//!   batch filled with stream inputs), every lane in turn for a stream's batch. A batch costs
+//!   its padded tokens (inputs x the longest) plus a fixed cost per forward pass, so inputs of
+//!   similar length go together and one long input is not padded onto many short ones unless
+//!   a forward pass of its own would cost more. The rest stay queued, and are cut again with
+//!   whatever arrives meanwhile.
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use super::{Job, StreamId};
 
@@ -35,6 +39,9 @@ pub struct BatchLimits {
     pub max_batch_tokens: usize,
     /// Candidates looked at for length grouping.
     pub window: usize,
+    /// What one forward pass costs besides its padded tokens, counted in padded tokens: the
+    /// padding worth adding to a batch rather than computing its inputs in a batch of their own.
+    pub forward_cost_tokens: usize,
     pub stream_share: f64,
 }
 
@@ -172,33 +179,27 @@ impl Queues {
             .position(|c| *c == anchor)
             .expect("the anchor is a candidate");
 
-        // Grow a run of the sorted candidates around the anchor, nearest length first.
-        let (mut lo, mut hi) = (at, at);
-        let fits = |lo: usize, hi: usize| {
-            let count = hi - lo + 1;
-            count <= limits.max_batch_size && candidates[hi].2 * count <= limits.max_batch_tokens
-        };
-        loop {
-            let left = (lo > 0 && fits(lo - 1, hi)).then(|| anchor.2 - candidates[lo - 1].2);
-            let right = (hi + 1 < candidates.len() && fits(lo, hi + 1))
-                .then(|| candidates[hi + 1].2 - anchor.2);
-            match (left, right) {
-                (Some(l), Some(r)) if l <= r => lo -= 1,
-                (Some(_), None) => lo -= 1,
-                (_, Some(_)) => hi += 1,
-                (None, None) => break,
-            }
-        }
+        // The anchor's batch reaches fewer than `max_batch_size` candidates to either side of
+        // it, and a cut further away barely moves it: the cut looks at twice that to either
+        // side, which bounds its work when the limits are large.
+        let reach = 2 * limits.max_batch_size;
+        let near = at.saturating_sub(reach)..(at + reach + 1).min(candidates.len());
+        let lengths: Vec<usize> = candidates[near.clone()].iter().map(|c| c.2).collect();
+        let run = cheapest_cut(&lengths, &limits)
+            .into_iter()
+            .map(|run| run.start + near.start..run.end + near.start)
+            .find(|run| run.contains(&at))
+            .expect("the cut covers every candidate");
 
         let mut chosen: Vec<Vec<bool>> = lanes.iter().map(|_| Vec::new()).collect();
-        for &(source, pos, _) in &candidates[lo..=hi] {
+        for &(source, pos, _) in &candidates[run.clone()] {
             let marks = &mut chosen[source];
             if marks.len() <= pos {
                 marks.resize(pos + 1, false);
             }
             marks[pos] = true;
         }
-        let mut batch = Vec::with_capacity(hi - lo + 1);
+        let mut batch = Vec::with_capacity(run.len());
         take_chosen(&mut self.interactive, &chosen[0], &mut batch);
         for (stream, marks) in self.streams.iter_mut().zip(&chosen[1..]) {
             take_chosen(&mut stream.jobs, marks, &mut batch);
@@ -229,5 +230,170 @@ fn take_chosen(queue: &mut VecDeque<Job>, chosen: &[bool], batch: &mut Vec<Job>)
     }
     for job in kept.into_iter().rev() {
         queue.push_front(job);
+    }
+}
+
+/// The cheapest cut of `lengths` (sorted, shortest first) into batches of neighbours, a batch
+/// costing its padded tokens (count x longest) plus `forward_cost_tokens`: the batches' index
+/// ranges, in order. Each batch stays within the limits, except that one input alone always
+/// makes a batch. At equal cost it prefers longer batches (fewer forward passes).
+///
+/// Cutting the sorted list into runs is enough: some cheapest grouping of the inputs always
+/// groups them in length order (tested against every grouping). The search (dynamic programming
+/// over where the last batch starts) looks at most `max_batch_size` starts for each of the
+/// window's candidates: tens of thousands of steps, microseconds against a forward pass of
+/// milliseconds. Costs are counted in `u128`: a forward cost of `usize::MAX` (batches cut only by
+/// the limits) stays exact.
+fn cheapest_cut(lengths: &[usize], limits: &BatchLimits) -> Vec<Range<usize>> {
+    let n = lengths.len();
+    // cost[k]: the least cost of the first k candidates; start[k]: where its last batch starts.
+    let mut cost = vec![u128::MAX; n + 1];
+    let mut start = vec![0; n + 1];
+    cost[0] = 0;
+    for last in 0..n {
+        for first in (0..=last).rev() {
+            let count = last - first + 1;
+            let padded = lengths[last] * count;
+            if count > 1 && (count > limits.max_batch_size || padded > limits.max_batch_tokens) {
+                break;
+            }
+            let total = cost[first] + limits.forward_cost_tokens as u128 + padded as u128;
+            if total <= cost[last + 1] {
+                cost[last + 1] = total;
+                start[last + 1] = first;
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut end = n;
+    while end > 0 {
+        runs.push(start[end]..end);
+        end = start[end];
+    }
+    runs.reverse();
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Not what the server defaults to: round numbers that make the arithmetic below plain.
+    const FORWARD_COST: usize = 30;
+
+    fn limits(max_batch_size: usize, max_batch_tokens: usize) -> BatchLimits {
+        BatchLimits {
+            max_batch_size,
+            max_batch_tokens,
+            window: 64,
+            forward_cost_tokens: FORWARD_COST,
+            stream_share: 0.0,
+        }
+    }
+
+    /// The lengths in each batch of the cheapest cut.
+    fn cut(lengths: &[usize], limits: &BatchLimits) -> Vec<Vec<usize>> {
+        cheapest_cut(lengths, limits)
+            .into_iter()
+            .map(|run| lengths[run].to_vec())
+            .collect()
+    }
+
+    fn cost(lengths: &[usize], batches: &[Vec<usize>]) -> usize {
+        batches
+            .iter()
+            .map(|b| FORWARD_COST + b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
+            .sum()
+    }
+
+    /// Every way to group `0..n` into batches within the limits (any grouping, not only runs).
+    fn every_grouping(lengths: &[usize], l: &BatchLimits) -> Vec<Vec<Vec<usize>>> {
+        let mut all = vec![Vec::<Vec<usize>>::new()];
+        for i in 0..lengths.len() {
+            let mut next = Vec::new();
+            for grouping in &all {
+                for b in 0..=grouping.len() {
+                    let mut g = grouping.clone();
+                    if b == g.len() {
+                        g.push(vec![i]);
+                    } else {
+                        g[b].push(i);
+                    }
+                    let batch = &g[b];
+                    let longest = batch.iter().map(|&j| lengths[j]).max().unwrap();
+                    if batch.len() <= l.max_batch_size
+                        && batch.len() * longest <= l.max_batch_tokens
+                    {
+                        next.push(g);
+                    }
+                }
+            }
+            all = next;
+        }
+        all
+    }
+
+    #[test]
+    fn one_long_input_is_not_padded_onto_short_ones() {
+        // Together: 30 + 4 x 100 = 430 padded tokens' worth; apart: 30 + 3 x 10 + 30 + 100 = 190.
+        assert_eq!(
+            cut(&[10, 10, 10, 100], &limits(8, 1_000)),
+            [vec![10, 10, 10], vec![100]]
+        );
+    }
+
+    #[test]
+    fn inputs_go_together_while_their_padding_costs_less_than_a_forward_pass() {
+        // Together: 30 + 2 x 25 = 80; apart: 30 + 10 + 30 + 25 = 95.
+        assert_eq!(cut(&[10, 25], &limits(8, 1_000)), [vec![10, 25]]);
+        // Together: 30 + 2 x 60 = 150; apart: 30 + 10 + 30 + 60 = 130.
+        assert_eq!(cut(&[10, 60], &limits(8, 1_000)), [vec![10], vec![60]]);
+    }
+
+    #[test]
+    fn at_equal_cost_fewer_forward_passes_are_taken() {
+        let free = BatchLimits {
+            forward_cost_tokens: 0,
+            ..limits(8, 1_000)
+        };
+        assert_eq!(cut(&[7, 7, 7], &free), [vec![7, 7, 7]]);
+    }
+
+    #[test]
+    fn a_forward_cost_past_any_padding_cuts_only_at_the_limits_and_does_not_overflow() {
+        let dear = BatchLimits {
+            forward_cost_tokens: usize::MAX,
+            ..limits(2, 1_000)
+        };
+        assert_eq!(
+            cut(&[1, 2, 500, 900], &dear),
+            [vec![1, 2], vec![500], vec![900]]
+        );
+    }
+
+    #[test]
+    fn one_input_past_the_token_budget_still_makes_a_batch() {
+        assert_eq!(cut(&[5, 50], &limits(8, 20)), [vec![5], vec![50]]);
+    }
+
+    proptest! {
+        #[test]
+        fn the_cut_costs_no_more_than_any_grouping_of_the_inputs(
+            mut lengths in proptest::collection::vec(1usize..120, 1..8),
+            max_batch_size in 1usize..5,
+        ) {
+            lengths.sort_unstable();
+            let l = limits(max_batch_size, 256);
+            let cut = cheapest_cut(&lengths, &l);
+            let runs: Vec<Vec<usize>> = cut.iter().map(|r| r.clone().collect()).collect();
+            prop_assert_eq!(runs.concat(), (0..lengths.len()).collect::<Vec<_>>());
+            for run in &runs {
+                prop_assert!(run.len() <= max_batch_size);
+                prop_assert!(run.len() * lengths[*run.last().unwrap()] <= 256);
+            }
+            let best = every_grouping(&lengths, &l).iter().map(|g| cost(&lengths, g)).min().unwrap();
+            prop_assert_eq!(cost(&lengths, &runs), best);
+        }
     }
 }

@@ -17,6 +17,7 @@ fn config() -> SchedulerConfig {
     SchedulerConfig {
         max_batch_tokens: 1000,
         max_batch_size: 3,
+        forward_cost_tokens: 32,
         max_batch_delay: Duration::from_millis(5),
         queue_capacity: 8,
         stream_queue_capacity: 8,
@@ -96,6 +97,20 @@ async fn a_batch_stays_within_the_padded_token_budget() {
     // 3 x 12 padded tokens would exceed 25; 2 x 10 fit.
     assert_eq!(lengths(&s.next_batch().await.unwrap()), [10, 10]);
     assert_eq!(lengths(&s.next_batch().await.unwrap()), [12]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_input_is_not_padded_onto_the_short_ones_queued_with_it() {
+    // One batch would be 4 x 100 padded tokens; three of 10 and one of 100 apart cost two
+    // forward passes (2 x 32 tokens' worth) and 130 tokens.
+    let s = scheduler(SchedulerConfig {
+        max_batch_size: 8,
+        ..config()
+    });
+    let jobs = vec![job(10), job(100), job(10), job(10)];
+    let _rx = submit(&s, Lane::Interactive, jobs, None).await.unwrap();
+    assert_eq!(lengths(&s.next_batch().await.unwrap()), [10, 10, 10]);
+    assert_eq!(lengths(&s.next_batch().await.unwrap()), [100]);
 }
 
 #[tokio::test(start_paused = true)]

@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// Inputs per forward pass (batching.max_batch_size).
     #[arg(long)]
     max_batch_size: Option<usize>,
+    /// A forward pass's fixed cost in padded tokens: how much padding a batch may take on rather
+    /// than be cut in two (batching.forward_cost_tokens).
+    #[arg(long)]
+    forward_cost_tokens: Option<usize>,
     /// Milliseconds a batch may wait for more inputs (batching.max_batch_delay_ms).
     #[arg(long)]
     max_batch_delay_ms: Option<u64>,
@@ -116,6 +120,10 @@ impl ServeArgs {
         set(
             "batching.max_batch_size",
             self.max_batch_size.map(|v| (v as u64).into()),
+        );
+        set(
+            "batching.forward_cost_tokens",
+            self.forward_cost_tokens.map(|v| (v as u64).into()),
         );
         set(
             "batching.max_batch_delay_ms",

@@ -147,6 +147,11 @@ pub struct BatchSettings {
     /// `Settings::max_batch_size`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_size: Option<usize>,
+    /// What one forward pass costs besides its padded tokens, in padded tokens: the scheduler
+    /// pads a batch by up to about this much rather than computing its inputs in two forward
+    /// passes. Unset: the devices' default; read it through `Settings::forward_cost_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_cost_tokens: Option<usize>,
     /// How long the oldest queued input may wait for company before its batch runs. 0: a free
     /// worker takes what is queued at once (inputs arriving meanwhile batch up behind it).
     pub max_batch_delay_ms: u64,
@@ -168,6 +173,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_batch_tokens: None,
             max_batch_size: None,
+            forward_cost_tokens: None,
             max_batch_delay_ms: 0,
             queue_capacity: 2_048,
             stream_queue_capacity: 4_096,
@@ -188,6 +194,7 @@ impl Default for BatchSettings {
 pub struct BatchDefaults {
     pub max_batch_size: usize,
     pub max_batch_tokens: usize,
+    pub forward_cost_tokens: usize,
 }
 
 impl BatchDefaults {
@@ -196,11 +203,14 @@ impl BatchDefaults {
     pub const CPU: BatchDefaults = BatchDefaults {
         max_batch_size: 64,
         max_batch_tokens: 1_024,
+        forward_cost_tokens: 32,
     };
     /// Not yet measured on a GPU (no GPU machine has been lent): the earlier defaults.
     pub const CUDA: BatchDefaults = BatchDefaults {
         max_batch_size: 64,
         max_batch_tokens: 16_384,
+        // As much as the token budget: a batch is never cut for its padding, only by the limits.
+        forward_cost_tokens: 16_384,
     };
 
     /// The defaults for a server on `devices`: a GPU's when any device is one (the CPU then
@@ -411,6 +421,13 @@ impl Settings {
             .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).max_batch_tokens)
     }
 
+    /// A forward pass's fixed cost in padded tokens: as configured, else the devices' default.
+    pub fn forward_cost_tokens(&self) -> usize {
+        self.batching
+            .forward_cost_tokens
+            .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).forward_cost_tokens)
+    }
+
     /// A default token budget (never the operator's) grows to hold one input of a model whose
     /// inputs may be `model_max` tokens long.
     pub fn fit_default_batch_tokens(&mut self, model_max: usize) {
@@ -598,13 +615,14 @@ impl Settings {
         Ok(max)
     }
 
-    /// The effective configuration as TOML, secrets redacted, with the batch limits and workers
-    /// the devices chose when the configuration set none.
+    /// The effective configuration as TOML, secrets redacted, with the batch limits, forward cost
+    /// and workers the devices chose when the configuration set none.
     pub fn to_redacted_toml(&self) -> String {
         let mut effective = self.clone();
         effective.engine.workers_per_device = Some(self.engine.workers_per_device());
         effective.batching.max_batch_size = Some(self.max_batch_size());
         effective.batching.max_batch_tokens = Some(self.max_batch_tokens());
+        effective.batching.forward_cost_tokens = Some(self.forward_cost_tokens());
         let mut value = toml::Value::try_from(&effective).expect("settings serialize");
         redact(&mut value);
         toml::to_string_pretty(&value).expect("settings serialize")
@@ -754,9 +772,17 @@ mod tests {
         let cpu = Settings::default();
         assert_eq!(cpu.max_batch_tokens(), BatchDefaults::CPU.max_batch_tokens);
         assert_eq!(cpu.max_batch_size(), BatchDefaults::CPU.max_batch_size);
+        assert_eq!(
+            cpu.forward_cost_tokens(),
+            BatchDefaults::CPU.forward_cost_tokens
+        );
         let mut gpu = Settings::default();
         gpu.engine.devices = vec!["cuda:0".parse().unwrap()];
         assert_eq!(gpu.max_batch_tokens(), BatchDefaults::CUDA.max_batch_tokens);
+        assert_eq!(
+            gpu.forward_cost_tokens(),
+            BatchDefaults::CUDA.forward_cost_tokens
+        );
 
         const LONG_MODEL: usize = 4_096;
         let mut grown = Settings::default();

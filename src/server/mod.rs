@@ -292,6 +292,7 @@ pub async fn run(
         SchedulerConfig {
             max_batch_tokens: settings.max_batch_tokens(),
             max_batch_size: settings.max_batch_size(),
+            forward_cost_tokens: settings.forward_cost_tokens(),
             max_batch_delay: settings.batch_delay(),
             queue_capacity: b.queue_capacity,
             stream_queue_capacity: b.stream_queue_capacity,
