@@ -182,8 +182,12 @@ impl Queues {
         // The anchor's batch reaches fewer than `max_batch_size` candidates to either side of
         // it, and a cut further away barely moves it: the cut looks at twice that to either
         // side, which bounds its work when the limits are large.
-        let reach = 2 * limits.max_batch_size;
-        let near = at.saturating_sub(reach)..(at + reach + 1).min(candidates.len());
+        let reach = limits.max_batch_size.saturating_mul(2);
+        let end = at
+            .saturating_add(reach)
+            .saturating_add(1)
+            .min(candidates.len());
+        let near = at.saturating_sub(reach)..end;
         let lengths: Vec<usize> = candidates[near.clone()].iter().map(|c| c.2).collect();
         let run = cheapest_cut(&lengths, &limits)
             .into_iter()
