@@ -407,25 +407,30 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The batch defaults of the configured devices, for what the configuration leaves unset.
+    fn batch_defaults(&self) -> BatchDefaults {
+        BatchDefaults::for_devices(&self.engine.devices)
+    }
+
     /// Inputs in one forward pass: as configured, else the devices' default.
     pub fn max_batch_size(&self) -> usize {
         self.batching
             .max_batch_size
-            .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).max_batch_size)
+            .unwrap_or_else(|| self.batch_defaults().max_batch_size)
     }
 
     /// Padded tokens in one forward pass: as configured, else the devices' default.
     pub fn max_batch_tokens(&self) -> usize {
         self.batching
             .max_batch_tokens
-            .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).max_batch_tokens)
+            .unwrap_or_else(|| self.batch_defaults().max_batch_tokens)
     }
 
     /// A forward pass's fixed cost in padded tokens: as configured, else the devices' default.
     pub fn forward_cost_tokens(&self) -> usize {
         self.batching
             .forward_cost_tokens
-            .unwrap_or(BatchDefaults::for_devices(&self.engine.devices).forward_cost_tokens)
+            .unwrap_or_else(|| self.batch_defaults().forward_cost_tokens)
     }
 
     /// A default token budget (never the operator's) grows to hold one input of a model whose
