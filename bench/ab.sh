@@ -20,10 +20,15 @@ st=$(sentence_transformers_rate)
 echo
 echo "| round | bertd serve flags | streams | inputs/s | vs sentence-transformers ($(printf %.1f "$st")/s) | padding ratio |"
 echo "|---|---|---|---|---|---|"
+variants=("$@")
 for round in $(seq "$ROUNDS"); do
-  variant=0
-  for flags in "$@"; do
-    variant=$((variant + 1))
+  # Odd rounds run the variants in the order given, even rounds in reverse: the server that runs
+  # first in a round was measured faster (bf16, 2026-12-01: 429 against 347 inputs/s for the same
+  # binary), so each variant runs first as often as the others.
+  order=$(seq "$#")
+  if ((round % 2 == 0)); then order=$(seq "$#" -1 1); fi
+  for variant in $order; do
+    flags=${variants[variant - 1]}
     binary=$BERTD label=
     if [[ $flags == bertd=* ]]; then
       read -r binary flags <<< "$flags"

@@ -116,28 +116,27 @@ fn set_thread_count(threads: usize) {
     tch::set_num_threads(threads as i32);
 }
 
-/// One batch at a typical length. Where the model pads its rows to buckets (bf16 on oneDNN), also
-/// one batch of each bucket up to `max_tokens`, the token budget: oneDNN builds a kernel per row
-/// count at its first use, 6-10 ms each in bf16, which the first minutes of traffic would
-/// otherwise pay (BENCHMARKS.md).
+/// One batch at a typical length, then one batch of each token count the model asks to warm up
+/// (`Model::warm_up_tokens`: each row bucket up to `max_tokens`, the token budget, in bf16).
 fn warm_up(engine: &Engine, batch: usize, max_tokens: usize) -> Result<(), super::EngineError> {
     let spec = engine.model().spec();
     run_warm_up_batch(engine, batch.clamp(1, 8), spec.max_length.min(32))?;
-    let bucket = engine.model().row_bucket() as usize;
-    for (inputs, len) in bucket_batches(bucket, spec.max_length, max_tokens) {
+    let counts = engine.model().warm_up_tokens(max_tokens as i64);
+    for tokens in counts {
+        let (inputs, len) = batch_of(tokens as usize, spec.max_length);
         run_warm_up_batch(engine, inputs, len)?;
     }
     Ok(())
 }
 
-/// Batches (inputs, tokens each) whose token counts are the multiples of `bucket` up to
-/// `max_tokens`, one each; none when rows are not padded (`bucket` 1).
-fn bucket_batches(bucket: usize, max_length: usize, max_tokens: usize) -> Vec<(usize, usize)> {
-    if bucket <= 1 {
-        return Vec::new();
-    }
-    let len = bucket.min(max_length);
-    (1..=max_tokens / len).map(|inputs| (inputs, len)).collect()
+/// A batch (inputs, tokens each) of exactly `tokens` tokens, its inputs as long as a model's
+/// `max_length` allows: `len` is the greatest divisor of `tokens` up to it.
+fn batch_of(tokens: usize, max_length: usize) -> (usize, usize) {
+    let len = (1..=max_length.min(tokens))
+        .rev()
+        .find(|&len| tokens.is_multiple_of(len))
+        .unwrap_or(1);
+    (tokens / len, len)
 }
 
 /// `inputs` inputs of `len` tokens each through the model.
@@ -170,24 +169,20 @@ mod tests {
 
     use tch::{Kind, Tensor};
 
-    use super::{bucket_batches, set_thread_count};
+    use super::{batch_of, set_thread_count};
 
-    /// The CPU's default token budget, and a model's longest input.
-    const MAX_TOKENS: usize = 1_024;
+    /// A model's longest input.
     const MAX_LENGTH: usize = 512;
-    const BUCKET: usize = 16;
 
     #[test]
-    fn the_warm_up_computes_every_row_bucket_up_to_the_token_budget_and_none_unpadded() {
-        let rows: std::collections::BTreeSet<usize> =
-            bucket_batches(BUCKET, MAX_LENGTH, MAX_TOKENS)
-                .into_iter()
-                .map(|(inputs, len)| (inputs * len).div_ceil(BUCKET) * BUCKET)
-                .collect();
-        let every_bucket: std::collections::BTreeSet<usize> =
-            (1..=MAX_TOKENS / BUCKET).map(|n| n * BUCKET).collect();
-        assert_eq!(rows, every_bucket);
-        assert!(bucket_batches(1, MAX_LENGTH, MAX_TOKENS).is_empty());
+    fn a_warm_up_batch_has_exactly_its_tokens_in_inputs_no_longer_than_the_models_longest() {
+        for tokens in [1, 7, 16, 512, 544, 1_000, 1_024, 1_009] {
+            let (inputs, len) = batch_of(tokens, MAX_LENGTH);
+            assert_eq!(inputs * len, tokens);
+            assert!((1..=MAX_LENGTH).contains(&len));
+        }
+        assert_eq!(batch_of(1_024, MAX_LENGTH), (2, MAX_LENGTH));
+        assert_eq!(batch_of(544, MAX_LENGTH), (2, 272));
     }
 
     /// Elements enough for ATen to split a reduction between threads.

@@ -4,6 +4,7 @@ use tch::Tensor;
 use super::LinearKernel;
 use super::config::{BertConfig, HiddenAct};
 use super::onednn::{self, Fused};
+use super::rows::RowBuckets;
 use super::weights::Scope;
 
 /// The row count oneDNN packs weights for: the CPU's default token budget. The packed layout
@@ -269,12 +270,8 @@ impl HiddenStates {
 /// where the first `batch * seq` rows are the tokens in order and any rows after them are padding
 /// that only the row-wise operations (products, additions, LayerNorm) compute and nothing reads.
 ///
-/// Why pad rows: oneDNN builds a kernel for every row count it is given, and for bf16 on AMX that
-/// takes 6-10 ms, against about 1 ms to compute a product of 1,024 rows (BENCHMARKS.md). Batches
-/// take hundreds of different token counts, so unpadded, a bf16 server spent its first minutes
-/// building kernels (15% of a 20,000-input stream's time), and a mix that outgrew oneDNN's
-/// primitive cache (1,024 kernels) would keep building them. Rounded up to a multiple of a
-/// bucket, the row counts are few enough to build at warm-up.
+/// Why pad rows: oneDNN builds a kernel for every row count it is given; the model's
+/// [`RowBuckets`] say why that must be bounded and how.
 struct Rows {
     batch: i64,
     seq: i64,
@@ -285,13 +282,13 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(batch: i64, seq: i64, bucket: i64) -> Self {
+    fn new(batch: i64, seq: i64, buckets: RowBuckets) -> Self {
         let tokens = batch * seq;
         Rows {
             batch,
             seq,
             tokens,
-            rows: round_up(tokens, bucket),
+            rows: buckets.rows(tokens),
         }
     }
 
@@ -317,21 +314,21 @@ impl Rows {
     }
 }
 
-/// `n` rounded up to a multiple of `bucket` (1: unchanged).
-fn round_up(n: i64, bucket: i64) -> i64 {
-    (n + bucket - 1) / bucket * bucket
-}
-
 pub struct BertModel {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pub pooler: Option<Pooler>,
-    /// The dense layers' row counts are multiples of this ([`Rows`]); 1: no padding rows.
-    row_bucket: i64,
+    /// How the dense layers' row counts are rounded up ([`Rows`]).
+    row_buckets: RowBuckets,
 }
 
 impl BertModel {
-    pub fn load(scope: &Scope, c: &BertConfig, kernel: LinearKernel, row_bucket: i64) -> Self {
+    pub fn load(
+        scope: &Scope,
+        c: &BertConfig,
+        kernel: LinearKernel,
+        row_buckets: RowBuckets,
+    ) -> Self {
         let activation = c.activation().expect("validated with the config");
         let encoder = scope.sub("encoder").sub("layer");
         BertModel {
@@ -342,7 +339,7 @@ impl BertModel {
             pooler: scope
                 .contains("pooler.dense.weight")
                 .then(|| Pooler::load(&scope.sub("pooler"), c, kernel)),
-            row_bucket: row_bucket.max(1),
+            row_buckets,
         }
     }
 
@@ -350,13 +347,13 @@ impl BertModel {
         self.layers.len()
     }
 
-    pub fn row_bucket(&self) -> i64 {
-        self.row_bucket
+    pub fn row_buckets(&self) -> RowBuckets {
+        self.row_buckets
     }
 
     #[cfg(test)]
-    pub(super) fn set_row_bucket(&mut self, bucket: i64) {
-        self.row_bucket = bucket;
+    pub(super) fn set_row_buckets(&mut self, buckets: RowBuckets) {
+        self.row_buckets = buckets;
     }
 
     /// Runs the encoder up to the deepest layer in `keep`, keeping the hidden states listed there
@@ -376,7 +373,7 @@ impl BertModel {
             .unsqueeze(1)
             .unsqueeze(1);
         let (batch, seq) = input_ids.size2().expect("input ids are [batch, seq]");
-        let rows = Rows::new(batch, seq, self.row_bucket);
+        let rows = Rows::new(batch, seq, self.row_buckets);
         let mut x = rows.padded(&self.embeddings.forward(input_ids, token_type_ids));
         if keep.contains(&0) {
             states[0] = Some(rows.unpadded(&x));

@@ -4,6 +4,7 @@ pub mod bert;
 pub mod config;
 pub mod heads;
 mod onednn;
+pub mod rows;
 pub mod spec;
 pub mod weights;
 
@@ -15,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use bert::{BertModel, HiddenStates, Linear};
 pub use config::BertConfig;
 pub use heads::{Pooling, ScoreActivation};
+pub use rows::RowBuckets;
 pub use spec::{ClassifierSpec, ModelSpec};
 use weights::Weights;
 
@@ -28,14 +30,19 @@ pub enum LinearKernel {
     OneDnn,
 }
 
-/// The row bucket ([`bert`]'s `Rows`) of a model computing in `kind` with `kernel`: 16 (an AMX
-/// tile's rows) where oneDNN computes in bf16, whose kernels take 6-10 ms each to build; none
-/// elsewhere. fp32's oneDNN kernels build in about 1 ms and cuBLAS needs no building, so there
-/// padding rows would cost more than they save.
-pub fn row_bucket(kernel: LinearKernel, kind: Kind) -> i64 {
+/// An AMX tile's rows: bf16's row buckets are whole tiles.
+const AMX_TILE_ROWS: i64 = 16;
+
+/// How a model computing in `kind` with `kernel` rounds its dense layers' row counts
+/// ([`RowBuckets`]): geometric buckets wherever oneDNN builds kernels per row count, of whole AMX
+/// tiles in bf16; exact counts where MKL or cuBLAS compute, which build nothing per count.
+pub fn row_buckets(kernel: LinearKernel, kind: Kind) -> RowBuckets {
     match (kernel, kind) {
-        (LinearKernel::OneDnn, Kind::BFloat16) => 16,
-        _ => 1,
+        (LinearKernel::OneDnn, Kind::BFloat16) => RowBuckets::Geometric {
+            min_step: AMX_TILE_ROWS,
+        },
+        (LinearKernel::OneDnn, _) => RowBuckets::Geometric { min_step: 1 },
+        (LinearKernel::Aten, _) => RowBuckets::Exact,
     }
 }
 
@@ -123,7 +130,12 @@ impl Model {
         }
         let weights = Weights::load(&spec.dir, device, kind)?;
         let config = &spec.config;
-        let bert = BertModel::load(&weights.encoder(), config, kernel, row_bucket(kernel, kind));
+        let bert = BertModel::load(
+            &weights.encoder(),
+            config,
+            kernel,
+            row_buckets(kernel, kind),
+        );
         let classifier = spec.classifier.as_ref().map(|c| {
             Linear::load(
                 &weights.root().sub("classifier"),
@@ -165,9 +177,17 @@ impl Model {
         self.bert.num_layers()
     }
 
-    /// A forward's dense layers compute a multiple of this many rows (1: exactly its tokens).
-    pub fn row_bucket(&self) -> i64 {
-        self.bert.row_bucket()
+    /// Token counts, one per row bucket up to `max_tokens`, that the engine runs before traffic
+    /// so that oneDNN builds their kernels then: every bucket in bf16, whose kernels take 6-10
+    /// ms each to build (against about 1 ms to compute a product of 1,024 rows), which the first
+    /// minutes of traffic would otherwise pay (BENCHMARKS.md); none elsewhere. fp32's kernels
+    /// build in about 1 ms at their first use, which costs less than warming 112 buckets would
+    /// at every start; cuBLAS and MKL build none.
+    pub fn warm_up_tokens(&self, max_tokens: i64) -> Vec<i64> {
+        match self.kind {
+            Kind::BFloat16 => self.bert.row_buckets().representatives(max_tokens),
+            _ => Vec::new(),
+        }
     }
 
     pub fn encode(
@@ -193,17 +213,70 @@ impl Model {
 mod tests {
     use super::*;
 
-    /// Three inputs of five tokens: 15 rows, a multiple of none of the buckets.
+    /// Three inputs of five tokens: 15 rows, a multiple of none of the buckets' steps.
     const BATCH: i64 = 3;
     const SEQ: i64 = 5;
-    const BUCKETS: [i64; 3] = [16, 7, 64];
+    const MIN_STEPS: [i64; 3] = [AMX_TILE_ROWS, 7, 64];
     /// What a different row count may change in an fp32 product's rounding.
     const TOLERANCE: f64 = 1e-6;
 
+    /// The CPU's default token budget, and its row buckets in fp32 and in bf16 (`rows`).
+    const MAX_TOKENS: i64 = 1_024;
+    const FP32_BUCKETS: usize = 112;
+    const BF16_BUCKETS: usize = 48;
+
+    fn tiny_spec() -> Arc<ModelSpec> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/bert_tiny");
+        Arc::new(ModelSpec::load(&dir).unwrap())
+    }
+
+    #[test]
+    fn onednn_rounds_rows_to_buckets_and_warms_them_up_only_in_bf16() {
+        assert_eq!(
+            row_buckets(LinearKernel::Aten, Kind::Float),
+            RowBuckets::Exact
+        );
+        assert_eq!(
+            row_buckets(LinearKernel::Aten, Kind::BFloat16),
+            RowBuckets::Exact
+        );
+        if !LinearKernel::onednn_runs_on(Device::Cpu) {
+            return;
+        }
+        let fp32 = Model::load(tiny_spec(), Device::Cpu, Kind::Float, LinearKernel::OneDnn);
+        let fp32 = fp32.unwrap();
+        assert_eq!(
+            fp32.bert.row_buckets(),
+            RowBuckets::Geometric { min_step: 1 }
+        );
+        assert!(fp32.warm_up_tokens(MAX_TOKENS).is_empty());
+        assert_eq!(
+            RowBuckets::Geometric { min_step: 1 }
+                .representatives(MAX_TOKENS)
+                .len(),
+            FP32_BUCKETS
+        );
+        let bf16 = Model::load(
+            tiny_spec(),
+            Device::Cpu,
+            Kind::BFloat16,
+            LinearKernel::OneDnn,
+        );
+        let bf16 = bf16.unwrap();
+        assert_eq!(
+            bf16.bert.row_buckets(),
+            RowBuckets::Geometric {
+                min_step: AMX_TILE_ROWS
+            }
+        );
+        let warmed = bf16.warm_up_tokens(MAX_TOKENS);
+        assert_eq!(warmed.len(), BF16_BUCKETS);
+        assert_eq!(warmed, bf16.bert.row_buckets().representatives(MAX_TOKENS));
+    }
+
     #[test]
     fn padding_the_rows_to_a_bucket_leaves_every_hidden_state_unchanged() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/bert_tiny");
-        let spec = Arc::new(ModelSpec::load(&dir).unwrap());
+        let spec = tiny_spec();
         tch::manual_seed(11);
         let input_ids = Tensor::randint(
             spec.config.vocab_size,
@@ -219,13 +292,15 @@ mod tests {
             kernels.push(LinearKernel::OneDnn);
         }
         for kernel in kernels {
-            let exact = Model::load(spec.clone(), Device::Cpu, Kind::Float, kernel).unwrap();
-            assert_eq!(exact.row_bucket(), 1, "fp32 pads no rows");
+            let mut exact = Model::load(spec.clone(), Device::Cpu, Kind::Float, kernel).unwrap();
+            exact.bert.set_row_buckets(RowBuckets::Exact);
             let expected = exact.encode(&input_ids, &token_type_ids, &attention_mask, &keep);
-            for bucket in BUCKETS {
+            for min_step in MIN_STEPS {
+                let buckets = RowBuckets::Geometric { min_step };
+                assert!(buckets.rows(BATCH * SEQ) > BATCH * SEQ, "{buckets:?} pads");
                 let mut padded =
                     Model::load(spec.clone(), Device::Cpu, Kind::Float, kernel).unwrap();
-                padded.bert.set_row_bucket(bucket);
+                padded.bert.set_row_buckets(buckets);
                 let got = padded.encode(&input_ids, &token_type_ids, &attention_mask, &keep);
                 for &layer in &keep {
                     let (want, have) = (expected.get(layer), got.get(layer));
@@ -233,7 +308,7 @@ mod tests {
                     let difference = (want - have).abs().max().double_value(&[]);
                     assert!(
                         difference < TOLERANCE,
-                        "{kernel:?}, bucket {bucket}, hidden state {layer}: {difference}"
+                        "{kernel:?}, {buckets:?}, hidden state {layer}: {difference}"
                     );
                 }
             }
