@@ -7,8 +7,8 @@
 //! (unary calls, one text each) builds kernels for nearly every count up to the token budget:
 //! three shapes × 1,024 counts overflow the cache, kernels are evicted and built again (1 ms
 //! each in fp32, 6-10 ms in bf16), and the memory the evicted ones freed stays in the
-//! allocator's heap, so resident memory keeps growing (BENCHMARKS.md, "Memory under many unary
-//! calls"). Buckets bound the kernels, and so the memory, by the number of buckets.
+//! allocator's heap, so resident memory grows by gigabytes (BENCHMARKS.md, "Memory under many
+//! unary calls"). Buckets bound the kernels, and so the memory, by the number of buckets.
 //!
 //! Policy (`Geometric`): a count's step is a sixteenth of the largest power of two at or below
 //! it, and never less than `min_step`. So there are 16 buckets per doubling of the count, a
