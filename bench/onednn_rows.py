@@ -7,8 +7,11 @@ memory after each pass. Random weights: memory and speed do not depend on their 
 
     .venv/bin/python bench/onednn_rows.py --policy exact --passes 4
     .venv/bin/python bench/onednn_rows.py --policy geometric --passes 4
+    .venv/bin/python bench/onednn_rows.py --dtype bf16 --policy tiles --passes 4
 
-`geometric` is bertd's fp32 policy (src/model/rows.rs): 16 buckets per doubling of the count.
+`geometric` is bertd's policy (src/model/rows.rs): 16 buckets per doubling of the count, whole
+AMX tiles (16 rows) at least in bf16. `tiles` is bf16's policy before it: multiples of 16 rows.
+The seconds a pass compare the policies' speed, kernels built included.
 Environment variables oneDNN and glibc read (ONEDNN_PRIMITIVE_CACHE_CAPACITY,
 MALLOC_MMAP_THRESHOLD_) apply as usual, which is how their effect was measured.
 """
@@ -30,20 +33,33 @@ def rss_mib():
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def geometric(tokens):
-    step = max(1, (1 << (tokens.bit_length() - 1)) // BUCKETS_PER_DOUBLING)
+AMX_TILE_ROWS = 16
+
+
+def round_up(tokens, step):
     return -(-tokens // step) * step
+
+
+def geometric(tokens, min_step):
+    return round_up(tokens, max(min_step, (1 << (tokens.bit_length() - 1)) // BUCKETS_PER_DOUBLING))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", choices=["exact", "geometric"], required=True)
+    parser.add_argument("--policy", choices=["exact", "geometric", "tiles"], required=True)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--passes", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows_of = geometric if args.policy == "geometric" else (lambda tokens: tokens)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    min_step = AMX_TILE_ROWS if args.dtype == "bf16" else 1
+    rows_of = {
+        "exact": lambda tokens: tokens,
+        "geometric": lambda tokens: geometric(tokens, min_step),
+        "tiles": lambda tokens: round_up(tokens, AMX_TILE_ROWS),
+    }[args.policy]
     products = []
     for inputs, outputs, activation in [
         (HIDDEN, HIDDEN, "none"),
@@ -51,12 +67,13 @@ def main():
         (INTERMEDIATE, HIDDEN, "none"),
     ]:
         weight = torch.ops.mkldnn._reorder_linear_weight(
-            torch.randn(outputs, inputs), args.max_tokens
+            torch.randn(outputs, inputs, dtype=dtype), args.max_tokens
         )
         algorithm = "none" if activation == "gelu" else ""
-        products.append((inputs, weight, torch.randn(outputs), activation, algorithm))
+        bias = torch.randn(outputs, dtype=dtype)
+        products.append((inputs, weight, bias, activation, algorithm))
     counts = sorted({rows_of(tokens) for tokens in range(1, args.max_tokens + 1)})
-    print(f"policy {args.policy}: {len(counts)} row counts up to {args.max_tokens} tokens; "
+    print(f"{args.dtype}, policy {args.policy}: {len(counts)} row counts up to {args.max_tokens} tokens; "
           f"RSS at the start {rss_mib()} MiB", flush=True)
     for n in range(1, args.passes + 1):
         start = time.perf_counter()
@@ -64,7 +81,7 @@ def main():
             rows = rows_of(tokens)
             for inputs, weight, bias, activation, algorithm in products:
                 torch.ops.mkldnn._linear_pointwise(
-                    torch.zeros(rows, inputs), weight, bias, activation, [], algorithm
+                    torch.zeros(rows, inputs, dtype=dtype), weight, bias, activation, [], algorithm
                 )
         print(f"pass {n}: RSS {rss_mib()} MiB, {time.perf_counter() - start:.1f} s", flush=True)
 
