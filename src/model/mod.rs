@@ -242,8 +242,8 @@ mod tests {
         if !LinearKernel::onednn_runs_on(Device::Cpu) {
             return;
         }
-        let fp32 = Model::load(tiny_spec(), Device::Cpu, Kind::Float, LinearKernel::OneDnn);
-        let fp32 = fp32.unwrap();
+        let fp32 =
+            Model::load(tiny_spec(), Device::Cpu, Kind::Float, LinearKernel::OneDnn).unwrap();
         assert_eq!(
             fp32.bert.row_buckets(),
             RowBuckets::Geometric { min_step: 1 }
@@ -254,8 +254,8 @@ mod tests {
             Device::Cpu,
             Kind::BFloat16,
             LinearKernel::OneDnn,
-        );
-        let bf16 = bf16.unwrap();
+        )
+        .unwrap();
         assert_eq!(
             bf16.bert.row_buckets(),
             RowBuckets::Geometric {
