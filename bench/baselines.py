@@ -18,10 +18,14 @@ Each prints inputs/s; with --json, one JSON object. Outputs are compared to sent
 With bf16 asked for (`--only ...,st_bf16,torch_bf16`), the first two also run in bf16, their
 outputs compared to sentence-transformers' fp32 ones.
 
+With `st_single` asked for, sentence-transformers also encodes the texts one per call, timing
+each call: what a service built on it does for one request of one text (bench/latency.sh).
+
 With --check, bertd's own embeddings of the corpus are compared the same way.
 
 usage: baselines.py --corpus FILE --threads N [--model DIR]
-                    [--only st,torch,onnx,dense,st_bf16,torch_bf16] [--check JSONL] [--json FILE]
+                    [--only st,torch,onnx,dense,st_bf16,torch_bf16,st_single]
+                    [--check JSONL] [--json FILE]
 """
 import argparse
 import json
@@ -70,6 +74,26 @@ def run_sentence_transformers(model_dir, texts, batch, dtype=torch.float32):
     vectors = model.encode(texts, batch_size=batch)
     return (len(texts) / (time.perf_counter() - start),
             np.asarray(torch.as_tensor(vectors).float()), model.max_seq_length)
+
+
+def run_sentence_transformers_single(model_dir, texts):
+    """One text a call, as a service built on sentence-transformers answers a request for one
+    text (in-process: no network): inputs/s, per-call latency percentiles in ms, outputs."""
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(model_dir, device="cpu")
+    for text in texts[:10]:
+        model.encode([text])  # warm-up
+    times, vectors = [], []
+    start = time.perf_counter()
+    for text in texts:
+        called = time.perf_counter()
+        vectors.append(model.encode([text])[0])
+        times.append((time.perf_counter() - called) * 1000)
+    rate = len(texts) / (time.perf_counter() - start)
+    p50, p90, p99 = np.percentile(times, [50, 90, 99])
+    latency = {"latency_ms_p50": float(p50), "latency_ms_p90": float(p90),
+               "latency_ms_p99": float(p99)}
+    return rate, latency, np.asarray(vectors)
 
 
 def run_torch(model_dir, texts, batch, max_length, dtype=torch.float32):
@@ -215,6 +239,13 @@ def main():
         rate, vectors = run_torch(model_dir, texts, args.batch, max_length)
         results["torch_sorted"] = {"inputs_per_s": rate, "min_cosine": cosine(vectors, reference)}
         print(f"transformers forward, sorted batches: {rate:.1f} inputs/s", file=sys.stderr)
+    if "st_single" in wanted:
+        rate, latency, vectors = run_sentence_transformers_single(model_dir, texts)
+        results["sentence_transformers_single"] = {"inputs_per_s": rate, **latency,
+                                                   "min_cosine": cosine(vectors, reference)}
+        print(f"sentence-transformers encode([text]), one text a call: {rate:.1f} inputs/s, "
+              f"p50 {latency['latency_ms_p50']:.2f} ms, p99 {latency['latency_ms_p99']:.2f} ms",
+              file=sys.stderr)
     # bf16 (where the CPU computes it natively): what a user would pick against bertd --dtype bf16.
     if "st_bf16" in wanted:
         rate, vectors, _ = run_sentence_transformers(model_dir, texts, args.batch, torch.bfloat16)

@@ -1,6 +1,7 @@
 //! `bertd bench` against a real server: every input of the corpus is answered in each run, and
 //! what it reports adds up (tokens, padding ratio from the server's metrics, peak memory); the
-//! bench scripts' machine line names the variables that change the kernels.
+//! bench scripts' machine line names the variables that change the kernels; the Python baselines
+//! and the latency script run and check their outputs; the GPU script's CPU dry run passes.
 mod common;
 
 use std::path::Path;
@@ -340,6 +341,57 @@ fn the_python_baselines_and_bertds_own_outputs_agree_with_sentence_transformers(
     assert!(ceiling["gflop_per_s"].as_f64().unwrap() > 0.0);
     // With the kernel the server computes its dense layers with here.
     assert_eq!(ceiling["kernel"], "oneDNN, packed weights");
+}
+
+/// Calls of bench/latency.sh's two parts in the test: the short sentence, and realistic lines.
+const LATENCY_CALLS: usize = 20;
+const LATENCY_LINES: usize = 12;
+
+/// bench/latency.sh, as a user runs it (with the debug binary): the short sentence against the
+/// server's forward, then realistic lines one a call beside sentence-transformers one text a
+/// call, whose one-text outputs must be its batched ones.
+#[test]
+fn the_latency_script_sets_bertd_beside_sentence_transformers_one_text_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = succeed(
+        Command::new("bash")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("bench/latency.sh")
+            .env("OUT", dir.path())
+            .env("BERTD", env!("CARGO_BIN_EXE_bertd"))
+            .env("CALLS", LATENCY_CALLS.to_string())
+            .env("MIXED_LINES", LATENCY_LINES.to_string()),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let read = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(name)).unwrap()).unwrap()
+    };
+
+    let short = &read("bertd.json")["runs"][0];
+    assert_eq!(short["inputs"], LATENCY_CALLS);
+    assert!(
+        stdout.contains(&format!("{LATENCY_CALLS} calls of one short sentence")),
+        "{stdout}"
+    );
+
+    let bertd = &read("bertd-mixed.json")["runs"][0];
+    assert_eq!(bertd["inputs"], LATENCY_LINES);
+    assert_eq!(bertd["mode"], "unary");
+    assert_eq!(bertd["batch_inputs_mean"], 1.0, "one text a call: {bertd}");
+    let st = &read("st-single.json")["sentence_transformers_single"];
+    assert!(st["min_cosine"].as_f64().unwrap() >= 0.99999, "{st}");
+    for run in [bertd, st] {
+        let [p50, p90, p99] = ["latency_ms_p50", "latency_ms_p90", "latency_ms_p99"]
+            .map(|p| run[p].as_f64().unwrap());
+        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{run}");
+        assert!(run["inputs_per_s"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    assert!(
+        stdout.contains(&format!("{LATENCY_LINES} realistic lines, one a call"))
+            && stdout.contains("| bertd, unary Encode over gRPC |")
+            && stdout.contains("| sentence-transformers encode([text]), in-process |"),
+        "{stdout}"
+    );
 }
 
 /// Corpus lines of the GPU script's dry run: its checks and its throughput runs.
